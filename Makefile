@@ -1,0 +1,24 @@
+# The two set-up commands on a fresh machine: `make demo` and `make test`.
+# Each creates the local virtual environment .venv with the pinned packages first.
+PYTHON ?= python3
+VENV ?= .venv
+STAMP := $(VENV)/.installed
+
+$(STAMP): requirements.txt requirements-test.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements-test.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+.PHONY: install test demo demo-quick
+install: $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/python -m lumiere_jax.demo
+
+demo-quick: $(STAMP)
+	$(VENV)/bin/python -m lumiere_jax.demo --quick

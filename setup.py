@@ -1,0 +1,25 @@
+"""Installs lumiere_jax with exact pins (requirements.txt); tests add requirements-test.txt."""
+
+import pathlib
+
+import setuptools
+
+HERE = pathlib.Path(__file__).parent
+
+
+def read_requirements(name: str) -> list[str]:
+    lines = (HERE / name).read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith(("#", "-r"))]
+
+
+setuptools.setup(
+    name="lumiere_jax",
+    version="0.1.0",
+    description="Lumiere-style space-time diffusion video models in JAX/Flax",
+    packages=setuptools.find_packages(include=["lumiere_jax", "lumiere_jax.*"]),
+    package_data={"lumiere_jax": ["../gin_configs/**/*.gin"]},
+    python_requires=">=3.10",
+    install_requires=read_requirements("requirements.txt"),
+    extras_require={"test": read_requirements("requirements-test.txt")},
+    entry_points={"console_scripts": []},
+)
