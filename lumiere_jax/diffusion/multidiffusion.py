@@ -1,0 +1,184 @@
+"""MultiDiffusion along time for the SSR stage (PAPER.md section 3; Bar-Tal et al. 2023).
+
+A clip of T frames is cut into N overlapping windows of T' frames. At every denoising step all windows are
+denoised as one batch, and the window predictions are fused into one clip prediction, the solution of
+
+    argmin_J  sum_i || sqrt(W_i) * (F_i(J) - Phi(J_i)) ||^2   =>   J[f] = sum_i W_i[f] Phi(J_i)[f] / sum_i W_i[f]
+
+(F_i crops window i; sums run over the windows that contain frame f). Samplers step affinely in x0_hat, so
+fusing x0 predictions and taking one global step equals fusing per-window steps, with noise drawn once.
+
+Window layout (our choice): windows live in the batch dimension, batch-major: `[B * N, T', ...]` where row
+`b * N + i` is window i of clip b, i.e. a reshape of `[B, N, T', ...]`. The window batch can be sharded
+like any batch; per-clip conditioning is repeated with `repeat_for_windows`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lumiere_jax.diffusion import samplers
+from lumiere_jax.diffusion import schedules
+
+# windowed_denoise_fn(z_windows [B*N, T', ...], logsnr_windows [B*N], low_res_windows [B*N, T', ...] | None)
+WindowedDenoiser = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
+
+
+def window_starts(num_frames: int, window_length: int, stride: int) -> tuple[int, ...]:
+    """First frames of windows `0, stride, 2 * stride, ...`, plus one aligned to the clip end if needed.
+
+    Every frame is covered and the last window ends at the last frame; `stride <= window_length` is needed
+    for the windows to leave no gaps.
+    """
+    if window_length < 1 or num_frames < 1:
+        raise ValueError(f"num_frames={num_frames} and window_length={window_length} must be positive")
+    if window_length > num_frames:
+        raise ValueError(
+            f"window_length={window_length} is longer than the clip (num_frames={num_frames}); "
+            f"use window_length <= {num_frames}")
+    if stride < 1:
+        raise ValueError(f"stride={stride} must be at least 1")
+    if stride > window_length:
+        raise ValueError(
+            f"stride={stride} > window_length={window_length} leaves frames that no window covers; "
+            f"use stride <= {window_length}")
+    last_start = num_frames - window_length
+    starts = list(range(0, last_start + 1, stride))
+    if starts[-1] != last_start:
+        starts.append(last_start)
+    return tuple(starts)
+
+
+def _frame_index(starts: Sequence[int], window_length: int, num_frames: int) -> np.ndarray:
+    """Static `[N, T']` table: frame of the clip seen by each window position; checks the layout."""
+    starts = np.asarray(starts, np.int32)
+    if starts.ndim != 1 or starts.size == 0:
+        raise ValueError(f"starts must be a non-empty sequence of ints, got {starts!r}")
+    if starts.min() < 0 or starts.max() + window_length > num_frames:
+        raise ValueError(
+            f"window starts {starts.tolist()} with window_length={window_length} reach outside the clip of "
+            f"{num_frames} frames; build them with window_starts({num_frames}, {window_length}, stride)")
+    frame_index = starts[:, None] + np.arange(window_length, dtype=np.int32)[None, :]
+    uncovered = np.setdiff1d(np.arange(num_frames), frame_index)
+    if uncovered.size:
+        raise ValueError(f"frames {uncovered.tolist()} are covered by no window; add windows or reduce the stride")
+    return frame_index
+
+
+def crop_windows(video: jax.Array, starts: Sequence[int], window_length: int) -> jax.Array:
+    """Crops every window out of `video: [B, T, ...]` -> `[B * N, T', ...]` (batch-major, see module doc)."""
+    batch_size, num_frames = video.shape[:2]
+    frame_index = _frame_index(starts, window_length, num_frames)
+    windows = jnp.take(video, frame_index.reshape(-1), axis=1)  # [B, N * T', ...]
+    return windows.reshape((batch_size * len(frame_index), window_length) + video.shape[2:])
+
+
+def repeat_for_windows(per_clip: jax.Array, num_windows: int) -> jax.Array:
+    """Repeats per-clip inputs `[B, ...]` (logsnr, text embeddings) to the window batch `[B * N, ...]`."""
+    return jnp.repeat(per_clip, num_windows, axis=0)
+
+
+def _window_weights(weights: np.ndarray | None, num_windows: int, window_length: int) -> np.ndarray:
+    """Normalises `weights` (None, per-window `[N]`, or per-window-frame `[N, T']`) to a static `[N, T']`."""
+    if weights is None:
+        return np.ones((num_windows, window_length), np.float32)
+    weights = np.asarray(weights, np.float32)
+    if weights.shape == (num_windows,):
+        weights = np.repeat(weights[:, None], window_length, axis=1)
+    if weights.shape != (num_windows, window_length):
+        raise ValueError(
+            f"weights of shape {weights.shape} fit neither per-window ({num_windows},) nor per-window-frame "
+            f"({num_windows}, {window_length})")
+    if np.any(weights < 0):
+        raise ValueError("MultiDiffusion weights must be non-negative")
+    return weights
+
+
+def fuse_windows(
+    window_preds: jax.Array,
+    starts: Sequence[int],
+    num_frames: int,
+    weights: np.ndarray | None = None,
+) -> jax.Array:
+    """Per-frame weighted average of window predictions: `[B * N, T', ...] -> [B, T, ...]`.
+
+    `weights`: static (NumPy) None, `[N]` or `[N, T']`, non-negative, with positive total on every frame.
+    One static scatter-add over the N * T' window frames (accumulated in float32); no loop over frames or
+    windows at run time.
+    """
+    num_windows = len(starts)
+    window_length = window_preds.shape[1]
+    if window_preds.shape[0] % num_windows:
+        raise ValueError(
+            f"window batch {window_preds.shape[0]} is not a multiple of the {num_windows} windows; "
+            "expected [B * N, T', ...] from crop_windows")
+    frame_index = _frame_index(starts, window_length, num_frames).reshape(-1)  # [N * T']
+    weights = _window_weights(weights, num_windows, window_length).reshape(-1)  # [N * T']
+    total_weight = np.bincount(frame_index, weights=weights, minlength=num_frames)  # [T]
+    if np.any(total_weight <= 0):
+        raise ValueError(
+            f"frames {np.flatnonzero(total_weight <= 0).tolist()} get zero total weight; every frame needs "
+            "a window with positive weight on it")
+    batch_size = window_preds.shape[0] // num_windows
+    rest = window_preds.shape[2:]
+    preds = window_preds.reshape((batch_size, num_windows * window_length) + rest).astype(jnp.float32)
+    trailing = (1,) * len(rest)
+    weighted = preds * jnp.asarray(weights).reshape((1, -1) + trailing)
+    summed = jnp.zeros((batch_size, num_frames) + rest, jnp.float32).at[:, frame_index].add(weighted)
+    fused = summed / jnp.asarray(total_weight, jnp.float32).reshape((1, num_frames) + trailing)
+    return fused.astype(window_preds.dtype)
+
+
+def multidiffusion_denoiser(
+    windowed_denoise_fn: WindowedDenoiser,
+    starts: Sequence[int],
+    window_length: int,
+    weights: np.ndarray | None = None,
+    low_res: jax.Array | None = None,
+) -> samplers.Denoiser:
+    """Turns a window denoiser into a whole-clip `denoise_fn(z: [B, T, ...], logsnr: [B]) -> x0_hat`.
+
+    Each call crops z into windows, runs ALL windows as one batch through
+    `windowed_denoise_fn(z_windows, logsnr_windows, low_res_windows)`, and fuses the x0 predictions.
+    `low_res: [B, T, h, w, C]` (the SSR conditioning video) is cropped once with the same windows.
+    """
+    num_windows = len(starts)
+    low_res_windows = None if low_res is None else crop_windows(low_res, starts, window_length)
+
+    def denoise_fn(z: jax.Array, logsnr: jax.Array) -> jax.Array:
+        z_windows = crop_windows(z, starts, window_length)
+        x0_windows = windowed_denoise_fn(z_windows, repeat_for_windows(logsnr, num_windows), low_res_windows)
+        return fuse_windows(x0_windows, starts, z.shape[1], weights)
+
+    return denoise_fn
+
+
+def multidiffusion_sample(
+    windowed_denoise_fn: WindowedDenoiser,
+    rng: jax.Array,
+    shape: Sequence[int],
+    schedule: schedules.Schedule,
+    num_steps: int,
+    window_length: int,
+    stride: int,
+    weights: np.ndarray | None = None,
+    low_res: jax.Array | None = None,
+    sampler: str = "ddim",
+    eta: float = 0.0,
+    clip_output: bool = True,
+) -> jax.Array:
+    """Samples a whole clip `shape = [B, T, H, W, C]` from noise with windows fused at every step.
+
+    Noise (initial and per-step) is drawn once for the whole clip; the fused denoiser plugs into
+    `samplers.sample`. Jittable with everything but `rng` and `low_res` static.
+    """
+    starts = window_starts(shape[1], window_length, stride)
+    init_rng, sampler_rng = jax.random.split(rng)
+    z_init = jax.random.normal(init_rng, tuple(shape), jnp.float32)
+    denoise_fn = multidiffusion_denoiser(windowed_denoise_fn, starts, window_length, weights, low_res)
+    return samplers.sample(
+        denoise_fn, sampler_rng, z_init, schedule, num_steps, sampler=sampler, eta=eta, clip_output=clip_output)

@@ -1,0 +1,117 @@
+"""Classifier-free guidance and dynamic thresholding against NumPy references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lumiere_jax.diffusion import guidance
+from lumiere_jax.diffusion import parameterization as param_lib
+
+RNG = np.random.default_rng(0)
+
+
+def _numpy_dynamic_threshold(x0, percentile):
+    out = np.empty_like(x0)
+    for index, example in enumerate(x0):
+        scale = max(np.percentile(np.abs(example), percentile), 1.0)
+        out[index] = np.clip(example, -scale, scale) / scale
+    return out
+
+
+def test_guidance_weight_endpoints_and_extrapolation():
+    conditional, unconditional = RNG.normal(size=(2, 3, 4)), RNG.normal(size=(2, 3, 4))
+    np.testing.assert_allclose(guidance.classifier_free_guidance(conditional, unconditional, 1.0), conditional)
+    np.testing.assert_allclose(guidance.classifier_free_guidance(conditional, unconditional, 0.0), unconditional)
+    np.testing.assert_allclose(
+        guidance.classifier_free_guidance(conditional, unconditional, 7.5),
+        unconditional + 7.5 * (conditional - unconditional), rtol=1e-12)
+
+
+@pytest.mark.parametrize("percentile", [99.5, 90.0, 50.0])
+def test_dynamic_threshold_matches_numpy(percentile):
+    x0 = (RNG.normal(size=(3, 4, 6, 6, 3)) * np.array([0.3, 1.5, 4.0])[:, None, None, None, None])
+    x0 = x0.astype(np.float32)
+    out = np.asarray(guidance.dynamic_threshold(jnp.asarray(x0), percentile))
+    np.testing.assert_allclose(out, _numpy_dynamic_threshold(x0, percentile), rtol=1e-5, atol=1e-6)
+    assert np.all(np.abs(out) <= 1.0 + 1e-6)
+
+
+def test_dynamic_threshold_leaves_in_range_data_unchanged():
+    x0 = RNG.uniform(-0.9, 0.9, size=(2, 5, 5, 3)).astype(np.float32)  # images: s = 1
+    np.testing.assert_array_equal(guidance.dynamic_threshold(jnp.asarray(x0), 99.5), x0)
+
+
+def _toy_model(z, logsnr, cond):
+    """A raw 'v' model whose output depends on z, logsnr and a per-example condition scale."""
+    return cond["scale"][:, None, None] * jnp.tanh(z) + 0.1 * logsnr[:, None, None]
+
+
+def _cond_and_null(batch_size):
+    return {"scale": jnp.asarray(RNG.normal(size=batch_size), jnp.float32)}, {"scale": jnp.zeros(batch_size)}
+
+
+@pytest.mark.parametrize("parameterization", param_lib.PARAMETERIZATIONS)
+def test_guided_denoiser_weights_one_and_zero(parameterization):
+    cond, null = _cond_and_null(3)
+    z = jnp.asarray(RNG.normal(size=(3, 4, 2)), jnp.float32)
+    logsnr = jnp.array([-2.0, 0.5, 3.0])
+    x0_cond = param_lib.to_x0(_toy_model(z, logsnr, cond), z, logsnr, parameterization)
+    x0_null = param_lib.to_x0(_toy_model(z, logsnr, null), z, logsnr, parameterization)
+    for weight, expected in [(1.0, x0_cond), (jnp.float32(1.0), x0_cond), (0.0, x0_null)]:
+        denoise = guidance.guided_denoiser(_toy_model, cond, null, weight, parameterization, None)
+        np.testing.assert_allclose(denoise(z, logsnr), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_guided_denoiser_runs_one_batch_of_two_b_and_thresholds():
+    cond, null = _cond_and_null(3)
+    batch_sizes = []
+
+    def recording_model(z, logsnr, cond_tree):
+        batch_sizes.append((z.shape[0], logsnr.shape[0], cond_tree["scale"].shape[0]))
+        return _toy_model(z, logsnr, cond_tree)
+
+    z = jnp.asarray(RNG.normal(size=(3, 4, 2)) * 3, jnp.float32)
+    logsnr = jnp.array([-2.0, 0.5, 3.0])
+    denoise = guidance.guided_denoiser(recording_model, cond, null, 5.0, "v", threshold_percentile=95.0)
+    out = denoise(z, logsnr)
+    assert batch_sizes == [(6, 6, 6)]
+    x0_cond = param_lib.to_x0(_toy_model(z, logsnr, cond), z, logsnr, "v")
+    x0_null = param_lib.to_x0(_toy_model(z, logsnr, null), z, logsnr, "v")
+    guided = np.asarray(x0_null + 5.0 * (x0_cond - x0_null))
+    np.testing.assert_allclose(out, _numpy_dynamic_threshold(guided, 95.0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("space", ["eps", "v"])
+def test_guiding_in_any_linear_space_gives_the_same_x0(space):
+    """Our x0-space guidance equals guiding eps (or v) predictions and converting the result to x0."""
+    cond, null = _cond_and_null(3)
+    z = jnp.asarray(RNG.normal(size=(3, 4, 2)), jnp.float32)
+    logsnr = jnp.array([-1.0, 0.5, 2.0])
+    weight = 3.0
+    raw_cond, raw_null = _toy_model(z, logsnr, cond), _toy_model(z, logsnr, null)  # as 'x0' predictions
+    guided_in_space = guidance.classifier_free_guidance(
+        param_lib.from_x0(raw_cond, z, logsnr, space), param_lib.from_x0(raw_null, z, logsnr, space), weight)
+    expected = param_lib.to_x0(guided_in_space, z, logsnr, space)
+    denoise = guidance.guided_denoiser(_toy_model, cond, null, weight, "x0", threshold_percentile=None)
+    np.testing.assert_allclose(denoise(z, logsnr), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_guided_denoiser_is_jittable_with_traced_weight():
+    cond, null = _cond_and_null(2)
+    z = jnp.asarray(RNG.normal(size=(2, 4, 2)), jnp.float32)
+    logsnr = jnp.array([0.0, 1.0])
+
+    @jax.jit
+    def run(weight):
+        return guidance.guided_denoiser(_toy_model, cond, null, weight, "v")(z, logsnr)
+
+    eager = guidance.guided_denoiser(_toy_model, cond, null, 2.0, "v")(z, logsnr)
+    np.testing.assert_allclose(run(2.0), eager, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="percentile"):
+        guidance.dynamic_threshold(jnp.ones((1, 2)), 150.0)
+    with pytest.raises(ValueError, match="unknown parameterization"):
+        guidance.guided_denoiser(_toy_model, {}, {}, 1.0, "score")
