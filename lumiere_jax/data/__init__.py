@@ -1,0 +1,1 @@
+"""Datasets (tfds builders), seqio tasks, feature conversion and the global input pipeline."""
