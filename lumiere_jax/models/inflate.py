@@ -1,0 +1,98 @@
+"""Moving weights between the U-Net variants by parameter path (paths: see models/unet.py).
+
+  inflate_t2i_params:     T2I (or image SR) tree -> STUNet (or inflated SSR) tree; temporal params keep their init.
+  trainable_mask:         True on temporal params (trained), False on T2I params (frozen; paper section 2).
+  expand_input_channels:  first conv 3 -> 7 input channels with zero new weights (paper 4.2: <J, C, M>).
+
+Trees may be plain params or boxed (`nn.Partitioned`) ones straight from `init`; boxes are kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+from flax import traverse_util
+
+TEMPORAL_MARKER = "temporal"  # Every STUNet-only submodule name contains it (models/unet.py).
+
+Path = tuple[str, ...]
+
+
+def _unboxed(leaf: Any) -> Any:
+    return leaf.unbox() if isinstance(leaf, nn.meta.AxisMetadata) else leaf
+
+
+def _with_value(target: Any, value: Any) -> Any:
+    """`value` in place of `target`, keeping target's box (logical axis names) if it has one."""
+    return target.replace_boxed(value) if isinstance(target, nn.meta.AxisMetadata) else value
+
+
+def _flatten(tree) -> dict[Path, Any]:
+    return traverse_util.flatten_dict(tree)
+
+
+def _name(path: Path) -> str:
+    return "/".join(path)
+
+
+def is_temporal(path: Path) -> bool:
+    """Whether a parameter path belongs to a temporal (STUNet-only) module."""
+    return any(TEMPORAL_MARKER in part for part in path)
+
+
+def inflate_t2i_params(t2i_params, stunet_init_params):
+    """Copies every T2I parameter into the STUNet tree at the same path; temporal parameters stay as initialised.
+
+    Raises ValueError listing T2I paths absent from STUNet, non-temporal STUNet paths the T2I tree does not
+    cover, and shape mismatches (e.g. a checkpoint of a different preset).
+    """
+    source, target = _flatten(t2i_params), _flatten(stunet_init_params)
+    missing = [_name(p) for p in source if p not in target]
+    uncovered = [_name(p) for p in target if p not in source and not is_temporal(p)]
+    mismatched = [f"{_name(p)}: {_unboxed(source[p]).shape} vs {_unboxed(target[p]).shape}"
+                  for p in source if p in target and _unboxed(source[p]).shape != _unboxed(target[p]).shape]
+    problems = []
+    if missing:
+        problems.append(f"T2I paths missing from the STUNet tree: {missing}")
+    if uncovered:
+        problems.append(f"non-temporal STUNet paths absent from the T2I tree: {uncovered}")
+    if mismatched:
+        problems.append(f"shape mismatches (T2I vs STUNet): {mismatched}")
+    if problems:
+        raise ValueError("cannot inflate: the two trees come from different base architectures; build the STUNet "
+                         "config from the T2I config (same channels, levels, attention). " + "; ".join(problems))
+    merged = {path: _with_value(leaf, jnp.asarray(_unboxed(source[path]), jnp.result_type(_unboxed(leaf))))
+              if path in source else leaf for path, leaf in target.items()}
+    return traverse_util.unflatten_dict(merged)
+
+
+def trainable_mask(params):
+    """Tree of bools (same nesting as `params`): True for temporal parameters, False for the frozen T2I ones.
+
+    Use with optax, e.g. `optax.masked(optimizer, mask)` plus freezing the rest with
+    `optax.multi_transform({True: optimizer, False: optax.set_to_zero()}, mask)`.
+    """
+    return traverse_util.unflatten_dict({path: is_temporal(path) for path in _flatten(params)})
+
+
+def expand_input_channels(params, old_in_channels: int = 3, new_in_channels: int = 7):
+    """Widens `input_conv` from `old_in_channels` to `new_in_channels` x-channels, new weights zero.
+
+    The new channels sit right after the old x channels (before SR low-res channels, if any), matching the
+    model's concatenation order, so at init the model ignores C and M: output equals the old model's.
+    """
+    flat = _flatten(params)
+    kernels = [path for path in flat if path[-2:] == ("input_conv", "kernel")]
+    if len(kernels) != 1:
+        raise ValueError(f"expected one input_conv/kernel in the tree, found {[_name(p) for p in kernels]}")
+    path = kernels[0]
+    kernel = _unboxed(flat[path])  # [3, 3, C_in(+low-res), C]
+    if new_in_channels <= old_in_channels or kernel.shape[2] < old_in_channels:
+        raise ValueError(f"cannot expand input_conv {kernel.shape} from {old_in_channels} to {new_in_channels} "
+                         "channels; new_in_channels must exceed old_in_channels")
+    zeros = jnp.zeros(kernel.shape[:2] + (new_in_channels - old_in_channels, kernel.shape[3]), kernel.dtype)
+    widened = jnp.concatenate([kernel[:, :, :old_in_channels], zeros, kernel[:, :, old_in_channels:]], axis=2)
+    flat[path] = _with_value(flat[path], widened)
+    return traverse_util.unflatten_dict(flat)
