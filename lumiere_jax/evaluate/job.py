@@ -1,0 +1,167 @@
+"""The evaluation job: checkpoints of a run -> generated videos -> metrics -> TensorBoard + one JSON each.
+
+For each checkpoint step of `MODEL_DIR/checkpoints/<step>` (every finished one, or the given steps), the
+generator samples one video per (prompt, seed) pair, every metric scores them, the scalars go to TensorBoard
+in `MODEL_DIR/eval/<name>/` and the full result to `MODEL_DIR/eval/<name>/metrics_<step>.json`. The JSON is
+written last and atomically: a step is finished exactly when its JSON exists, so a killed job resumes with
+the first unfinished step (a step killed after its TensorBoard write but before its JSON is recomputed and
+logged again at the same step). With `watch=True` the job polls for new checkpoints until `final_step`
+is evaluated or no new checkpoint appears for `idle_timeout_s` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+
+import gin
+import jax
+import numpy as np
+from clu import metric_writers
+
+from lumiere_jax.evaluate import metrics as metrics_lib
+from lumiere_jax.sample import outputs
+from lumiere_jax.train import checkpoints
+
+EVAL_SUBDIR = "eval"
+
+# (step directory, prompts, seeds, work directory) -> uint8 videos [T, H, W, 3], one per prompt (a list or a
+# lazy sequence such as generators.NpyVideos).
+Generator = Callable[[str, Sequence[str], Sequence[int], str], Sequence[np.ndarray]]
+
+
+def finished_checkpoint_steps(model_dir: str) -> list[int]:
+    """Steps under MODEL_DIR/checkpoints whose Orbax state is complete (in-progress saves are skipped)."""
+    directory = os.path.join(model_dir, checkpoints.CHECKPOINTS_SUBDIR)
+    if not os.path.isdir(directory):
+        return []
+    steps = []
+    for name in os.listdir(directory):
+        state = os.path.join(directory, name, "state")
+        if name.isdigit() and (os.path.isfile(os.path.join(state, "_METADATA"))
+                               or os.path.isfile(os.path.join(state, "commit_success.txt"))):
+            steps.append(int(name))
+    return sorted(steps)
+
+
+def metrics_path(eval_dir: str, step: int) -> str:
+    return os.path.join(eval_dir, f"metrics_{step:08d}.json")
+
+
+def evaluated_steps(eval_dir: str) -> set[int]:
+    """Steps whose metrics JSON exists."""
+    if not os.path.isdir(eval_dir):
+        return set()
+    return {int(name[len("metrics_"):-len(".json")]) for name in os.listdir(eval_dir)
+            if name.startswith("metrics_") and name.endswith(".json")}
+
+
+def evaluate_step(step_dir: str, step: int, prompts: Sequence[str], seeds: Sequence[int], generator: Generator,
+                  metrics: Sequence[metrics_lib.Metric], work_dir: str) -> dict:
+    """Generates and scores the videos of one checkpoint; returns the JSON payload."""
+    start = time.perf_counter()
+    videos = generator(step_dir, prompts, seeds, work_dir)
+    if len(videos) != len(prompts):
+        raise RuntimeError(f"the generator returned {len(videos)} videos for {len(prompts)} prompts")
+    generation_seconds = time.perf_counter() - start
+    scalars = {}
+    for metric in metrics:
+        values = metric.compute(videos, prompts)
+        overlap = set(values) & set(scalars)
+        if overlap:
+            raise ValueError(f"metric {metric.name!r} reports {sorted(overlap)} again; give each metric once")
+        scalars.update({key: float(value) for key, value in values.items()})
+    return {"step": step, "checkpoint": step_dir, "num_videos": len(videos),
+            "video_shape": list(videos[0].shape) if videos else None, "metrics": scalars,
+            "metric_names": [metric.name for metric in metrics],
+            "seconds": {"generation": round(generation_seconds, 3),
+                        "metrics": round(time.perf_counter() - start - generation_seconds, 3)}}
+
+
+@gin.configurable
+def evaluate(
+    model_dir: str = gin.REQUIRED,
+    prompts: Sequence[str] = gin.REQUIRED,
+    metrics: Sequence[metrics_lib.Metric] = gin.REQUIRED,
+    generator: Generator = gin.REQUIRED,
+    name: str = "default",
+    steps: Sequence[int] | None = None,
+    samples_per_prompt: int = 1,
+    seed: int = 0,
+    watch: bool = False,
+    final_step: int | None = None,
+    poll_seconds: float = 60.0,
+    idle_timeout_s: float = 3600.0,
+    keep_videos: bool = True,
+) -> dict[int, dict]:
+    """Evaluates the checkpoints of `model_dir`; returns `{step: payload}` of the steps computed in this call.
+
+    `prompts` are repeated `samples_per_prompt` times; sample i uses seed `seed + i` at every checkpoint, so
+    checkpoints are compared on the same noise. `steps`: only these (they must exist unless `watch`).
+    Generated videos stay in `MODEL_DIR/eval/<name>/videos/<step>/` unless `keep_videos=False` (10,000
+    UCF101 samples take tens of GB per checkpoint).
+    """
+    if not prompts:
+        raise ValueError("the prompt set is empty; configure evaluate.prompts")
+    eval_dir = os.path.join(os.path.abspath(model_dir), EVAL_SUBDIR, name)
+    os.makedirs(eval_dir, exist_ok=True)
+    all_prompts = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
+    seeds = [seed + index for index in range(len(all_prompts))]
+    # Every host generates (the sampling job is multi-host) and scores; process 0 writes.
+    is_writer = jax.process_index() == 0
+    writer = metric_writers.create_default_writer(eval_dir, just_logging=not is_writer, asynchronous=False)
+    computed: dict[int, dict] = {}
+    last_new = time.monotonic()
+    try:
+        while True:
+            available = finished_checkpoint_steps(model_dir)
+            if steps is not None:
+                missing = sorted(set(steps) - set(available))
+                if missing and not watch:
+                    raise FileNotFoundError(f"no finished checkpoint for steps {missing} in {model_dir}/"
+                                            f"{checkpoints.CHECKPOINTS_SUBDIR}; available: {available}")
+                available = [step for step in available if step in set(steps)]
+            todo = [step for step in available if step not in evaluated_steps(eval_dir)]
+            for step in todo:
+                step_dir = os.path.join(model_dir, checkpoints.CHECKPOINTS_SUBDIR, str(step))
+                logging.info("evaluating %s (%d videos, metrics %s)", step_dir, len(all_prompts),
+                             [metric.name for metric in metrics])
+                work_dir = os.path.join(eval_dir, "videos", f"{step:08d}")
+                payload = evaluate_step(step_dir, step, all_prompts, seeds, generator, metrics, work_dir)
+                writer.write_scalars(step, payload["metrics"])
+                writer.flush()
+                if is_writer:
+                    outputs.write_json_atomic(metrics_path(eval_dir, step), payload)
+                    if not keep_videos:
+                        shutil.rmtree(work_dir, ignore_errors=True)
+                computed[step] = payload
+                last_new = time.monotonic()
+            if not watch or _all_done(eval_dir, steps, final_step):
+                return computed
+            if time.monotonic() - last_new > idle_timeout_s:
+                logging.info("no new checkpoint for %.0f s; stopping", idle_timeout_s)
+                return computed
+            time.sleep(poll_seconds)
+    finally:
+        writer.close()
+
+
+def _all_done(eval_dir: str, steps: Sequence[int] | None, final_step: int | None) -> bool:
+    done = evaluated_steps(eval_dir)
+    if steps is not None:
+        return set(steps) <= done
+    return final_step is not None and final_step in done
+
+
+def read_results(model_dir: str, name: str = "default") -> dict[int, dict]:
+    """`{step: payload}` of every finished step of an evaluation."""
+    eval_dir = os.path.join(os.path.abspath(model_dir), EVAL_SUBDIR, name)
+    results = {}
+    for step in sorted(evaluated_steps(eval_dir)):
+        with open(metrics_path(eval_dir, step)) as file:
+            results[step] = json.load(file)
+    return results
