@@ -17,9 +17,14 @@ setuptools.setup(
     version="0.1.0",
     description="Lumiere-style space-time diffusion video models in JAX/Flax",
     packages=setuptools.find_packages(include=["lumiere_jax", "lumiere_jax.*"]),
-    package_data={"lumiere_jax": ["../gin_configs/**/*.gin"]},
     python_requires=">=3.11",
     install_requires=read_requirements("requirements.txt"),
     extras_require={"test": read_requirements("requirements-test.txt")},
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": [
+        "lumiere-train=lumiere_jax.train.cli:main",
+        "lumiere-sample=lumiere_jax.sample.cli:main",
+        "lumiere-export=lumiere_jax.export.cli:main",
+        "lumiere-evaluate=lumiere_jax.evaluate.__main__:main",
+        "lumiere-demo=lumiere_jax.demo:main",
+    ]},
 )

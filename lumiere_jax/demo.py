@@ -1,0 +1,220 @@
+"""The main job on the embedded default: the whole Lumiere pipeline at tiny size on `synthetic_motion`.
+
+    python -m lumiere_jax.demo [--quick] [--out_dir out/demo]
+
+Runs, each stage through the same command line a user would type (visible progress throughout):
+  1. pretrain the T2I U-Net on still frames          (runs/pretrain_t2i.gin)
+  2. inflate it into a STUNet, train temporal layers (runs/train_stunet.gin; T2I layers frozen)
+  3. train a tiny SSR, 32x32 -> 64x64 on windows     (runs/train_ssr.gin)
+  4. fine-tune the 7-channel conditional STUNet      (runs/finetune_conditional.gin)
+  5. sample text-to-video, image-to-video and a cinemagraph, SSR fused over time by MultiDiffusion
+  6. write a contact sheet PNG and print the synthetic-domain quality score of the text-to-video clips.
+Everything is generated here (no downloads). Stages whose MODEL_DIR already holds the final checkpoint are
+skipped by the trainer's resume logic, so an interrupted demo continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+# Tiny pipeline (our choice): base clips of 32x32 frames cut from the tiny dataset's 16-frame clips, SSR to
+# 64x64 on 4-frame windows (trained on the `small` synthetic config, 64x64).
+SSR_OVERRIDES = "{'image_size': 64, 'low_res_size': 32}"
+
+TEXT_TO_VIDEO_PROMPTS = (
+    "a red circle moving quickly to the right on a blue background",
+    "a yellow square moving quickly up on a black background",
+    "a white triangle moving quickly to the left on a green background",
+    "a cyan diamond moving quickly down on a magenta background",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSteps:
+    """Training steps per stage, sampler steps, and the base clip length."""
+
+    frames: int
+    t2i: int
+    stunet: int
+    ssr: int
+    conditional: int
+    base_sampling: int
+    ssr_sampling: int
+
+
+# Sized for a 2-core CPU: the full demo trains about 20 minutes in all, the quick one a few.
+FULL = DemoSteps(frames=8, t2i=1500, stunet=400, ssr=150, conditional=150, base_sampling=32, ssr_sampling=8)
+QUICK = DemoSteps(frames=8, t2i=40, stunet=20, ssr=10, conditional=10, base_sampling=6, ssr_sampling=3)
+
+
+def run(command: list[str], log_name: str, out_dir: str) -> None:
+    """Runs one stage, echoing its output and keeping a log; stops the demo on failure."""
+    print(f"\n=== {log_name}: {' '.join(command)}", flush=True)
+    start = time.perf_counter()
+    log_path = os.path.join(out_dir, f"{log_name}.log")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in process.stdout:
+            log.write(line)
+            if _is_progress(line):
+                print(f"  [{log_name}] {line.rstrip()}", flush=True)
+        code = process.wait()
+    if code:
+        raise SystemExit(f"stage {log_name} failed with exit code {code}; see {log_path}")
+    print(f"=== {log_name} done in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def _is_progress(line: str) -> bool:
+    """Progress lines (steps/s and ETA, eval, sampling rate, summaries) and errors; the rest goes to the log."""
+    keys = ("steps/s", "eval at", "rows/s", "ETA", "sampled", "summary", "ERROR", "Error", "Traceback")
+    return len(line) < 400 and any(key in line for key in keys)
+
+
+def train_command(run_file: str, model_dir: str, steps: int, data_dir: str, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "lumiere_jax.train", f"--gin_file=runs/{run_file}", "--gin_file=runs/cpu_tiny.gin",
+            f"--gin.MODEL_DIR={model_dir}", f"--gin.train.num_train_steps={steps}",
+            f"--gin.seqio_iterator.data_dir={data_dir}", *extra]
+
+
+def video_stage_bindings(frames: int, prefix: str = "") -> list[str]:
+    """The base STUNet's clip length (the tiny preset builds for 8 frames)."""
+    return [f"--gin_bindings={prefix}unet_adapter.temporal_overrides = {{'num_frames': {frames}}}"]
+
+
+def write_condition_inputs(out_dir: str) -> dict[str, str]:
+    """Renders a still synthetic frame (the i2v / cinemagraph image) and writes it as PNG."""
+    import tensorflow as tf  # noqa: PLC0415 -- heavy; only needed here
+
+    from lumiere_jax.data import synthetic_render  # noqa: PLC0415
+
+    rng = np.random.default_rng(7)
+    scene = synthetic_render.sample_scene(rng, num_frames=1, height=32, width=32, still=True)
+    frame = synthetic_render.render(scene, 32, 32)[0]
+    image_path = os.path.join(out_dir, "condition_image.png")
+    tf.io.write_file(image_path, tf.io.encode_png(frame))
+    return {"image": image_path, "caption": synthetic_render.caption(scene, include_motion=False)}
+
+
+def write_prompt_files(out_dir: str, condition: dict[str, str]) -> tuple[str, str]:
+    text_rows = [{"id": f"t2v_{index}", "prompt": prompt, "seed": index}
+                 for index, prompt in enumerate(TEXT_TO_VIDEO_PROMPTS)]
+    moving = condition["caption"].replace(" on a ", " moving quickly to the right on a ", 1)
+    conditional_rows = [
+        {"id": "i2v_0", "mode": "i2v", "prompt": moving, "image": condition["image"], "seed": 10},
+        {"id": "cinemagraph_0", "mode": "cinemagraph", "prompt": condition["caption"], "image": condition["image"],
+         "box": "0.0,0.0,0.5,1.0", "seed": 11},
+    ]
+    paths = []
+    for name, rows in (("text_to_video", text_rows), ("conditional", conditional_rows)):
+        path = os.path.join(out_dir, f"{name}.jsonl")
+        with open(path, "w") as file:
+            file.writelines(json.dumps(row) + "\n" for row in rows)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def sample_command(prompts: str, output_dir: str, stage: str, base_checkpoint: str, ssr_checkpoint: str,
+                   steps: DemoSteps) -> list[str]:
+    return [sys.executable, "-m", "lumiere_jax.sample", "--gin_file=sample/base.gin", "--gin_file=sample/ssr.gin",
+            "--gin_file=sample/cpu_tiny.gin", f"--gin.OUTPUT_DIR={output_dir}", f"--gin.PROMPTS={prompts}",
+            f"--gin.BASE_CHECKPOINT={base_checkpoint}", f"--gin.SSR_CHECKPOINT={ssr_checkpoint}",
+            f"--gin.BASE_STAGE={stage}", f"--gin.SamplingConfig.num_steps={steps.base_sampling}",
+            f"--gin.SamplingConfig.ssr_num_steps={steps.ssr_sampling}", "--gin.sample_videos.write_gif=True",
+            "--gin.sample_videos.save_arrays=True", "--gin.sample_videos.batch_size=4",
+            *video_stage_bindings(steps.frames, "base/"), f"--gin_bindings=ssr/unet_adapter.overrides = {SSR_OVERRIDES}"]
+
+
+def contact_sheet(video_dirs: list[str], path: str, frames_per_row: int = 8) -> int:
+    """One PNG: a row of evenly spaced frames per generated video (base and SSR), nearest-upscaled to 64."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    from lumiere_jax.data import video_io  # noqa: PLC0415
+
+    rows = []
+    for directory in video_dirs:
+        for name in sorted(os.listdir(directory)):
+            if not name.endswith(".mp4"):
+                continue
+            frames, _ = video_io.read_video(os.path.join(directory, name))
+            picks = np.linspace(0, len(frames) - 1, frames_per_row).round().astype(int)
+            scale = max(1, 64 // frames.shape[1])
+            tiles = [np.repeat(np.repeat(frames[i], scale, 0), scale, 1)[:64, :64] for i in picks]
+            rows.append(np.concatenate(tiles, axis=1))
+    if not rows:
+        raise SystemExit(f"no videos found in {video_dirs}")
+    sheet = np.concatenate(rows, axis=0).astype(np.uint8)
+    tf.io.write_file(path, tf.io.encode_png(sheet))
+    return len(rows)
+
+
+def quality_report(video_dir: str) -> dict:
+    from lumiere_jax.evaluate import synthetic_quality  # noqa: PLC0415
+
+    videos, prompts = [], []
+    for name in sorted(os.listdir(video_dir)):
+        if name.endswith(".json") and name.startswith("t2v_"):
+            with open(os.path.join(video_dir, name)) as file:
+                prompts.append(json.load(file)["prompt"])
+            from lumiere_jax.data import video_io  # noqa: PLC0415
+
+            videos.append(video_io.read_video(os.path.join(video_dir, name[:-5] + ".mp4"))[0])
+    scores = synthetic_quality.score_videos(videos, prompts)
+    return {"metrics": scores["metrics"], "chance": scores["chance"], "num_videos": scores["num_videos"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lumiere-demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few steps per stage (minutes, not a good model)")
+    parser.add_argument("--out_dir", default="out/demo", help="where runs, videos and reports go")
+    args = parser.parse_args(argv)
+    steps = QUICK if args.quick else FULL
+    out_dir = os.path.abspath(os.path.join(args.out_dir, "quick" if args.quick else "full"))
+    data_dir = os.path.abspath(os.path.join(args.out_dir, "tfds"))
+    os.makedirs(out_dir, exist_ok=True)
+    start = time.perf_counter()
+    runs = {name: os.path.join(out_dir, "runs", name) for name in ("t2i", "stunet", "ssr", "conditional")}
+
+    run(train_command("pretrain_t2i.gin", runs["t2i"], steps.t2i, data_dir, []), "1_pretrain_t2i", out_dir)
+    run(train_command("train_stunet.gin", runs["stunet"], steps.stunet, data_dir,
+                      [f"--gin.T2I_CHECKPOINT={runs['t2i']}", *video_stage_bindings(steps.frames)]), "2_train_stunet", out_dir)
+    run(train_command("train_ssr.gin", runs["ssr"], steps.ssr, data_dir,
+                      ["--gin.VIDEO_TASK=synthetic_motion_small",
+                       "--gin_bindings=seqio_iterator.prepare_configs = ('tiny', 'image_tiny', 'small')",
+                       f"--gin_bindings=unet_adapter.overrides = {SSR_OVERRIDES}"]), "3_train_ssr", out_dir)
+    run(train_command("finetune_conditional.gin", runs["conditional"], steps.conditional, data_dir,
+                      [f"--gin.STUNET_CHECKPOINT={runs['stunet']}", *video_stage_bindings(steps.frames)]),
+        "4_finetune_conditional", out_dir)
+
+    condition = write_condition_inputs(out_dir)
+    text_prompts, conditional_prompts = write_prompt_files(out_dir, condition)
+    video_dir = os.path.join(out_dir, "videos")
+    run(sample_command(text_prompts, video_dir, "stunet", runs["stunet"], runs["ssr"], steps),
+        "5_sample_text_to_video", out_dir)
+    run(sample_command(conditional_prompts, video_dir, "conditional", runs["conditional"], runs["ssr"], steps),
+        "6_sample_conditional", out_dir)
+
+    sheet = os.path.join(out_dir, "contact_sheet.png")
+    count = contact_sheet([video_dir], sheet)
+    report = quality_report(video_dir)
+    with open(os.path.join(out_dir, "quality.json"), "w") as file:
+        json.dump(report, file, indent=2)
+    print(f"\nvideos: {video_dir}\ncontact sheet ({count} videos): {sheet}")
+    print("synthetic-domain quality of the text-to-video clips (chance levels beside):")
+    for name, value in report["metrics"].items():
+        chance = report["chance"].get(name)
+        shown = "n/a" if value is None else f"{value:.3f}"
+        print(f"  {name:24s} {shown}" + (f"   (chance {chance:.3f})" if chance else ""))
+    print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
