@@ -1,0 +1,118 @@
+"""Shardings for parameter trees from their logical axis names, and multi-host start-up.
+
+`parallel/mesh.py` builds the mesh and holds the rules; this module applies them to whole trees (parameters,
+optimizer state, batches) so the train step can be jitted with explicit in/out shardings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from lumiere_jax.parallel import mesh as mesh_lib
+
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+# Environment variables that mark a multi-process job: a TPU pod slice (more than one worker host),
+# a multi-slice job (Megascale), a SLURM / Open MPI launch of several tasks, or an explicit coordinator.
+_POD_MARKERS = ("MEGASCALE_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS")
+
+
+def is_multi_process_environment(environ: Mapping[str, str] | None = None) -> bool:
+    """True when the environment describes a job spread over several processes (hosts)."""
+    environ = os.environ if environ is None else environ
+    if any(environ.get(name) for name in _POD_MARKERS):
+        return True
+    hostnames = environ.get("TPU_WORKER_HOSTNAMES", "")
+    if len([host for host in hostnames.split(",") if host.strip()]) > 1:
+        return True
+    for count_name in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        if int(environ.get(count_name, "1") or "1") > 1:
+            return True
+    return False
+
+
+def maybe_initialize_distributed(environ: Mapping[str, str] | None = None) -> bool:
+    """Calls `jax.distributed.initialize()` on a pod (before any other JAX call); returns whether it did.
+
+    JAX discovers the coordinator, process count and id itself on Cloud TPU, SLURM and Open MPI.
+    """
+    if not is_multi_process_environment(environ):
+        return False
+    logging.info("multi-process environment detected: calling jax.distributed.initialize()")
+    jax.distributed.initialize()
+    return True
+
+
+def logical_specs(boxed_tree: Any) -> Any:
+    """PartitionSpecs over logical names for a tree of (possibly abstract) boxed values; unboxed leaves replicate.
+
+    A logical name repeated within one array (e.g. a k x k kernel named ("conv_kernel", "conv_kernel", ...)) is
+    kept on its first dimension only: one mesh axis cannot split two dimensions of the same array.
+    """
+    return jax.tree.map(_first_occurrences, nn.get_partition_spec(boxed_tree),
+                        is_leaf=lambda leaf: isinstance(leaf, PartitionSpec))
+
+
+def _first_occurrences(spec: PartitionSpec) -> PartitionSpec:
+    seen, names = set(), []
+    for name in spec:
+        names.append(None if name in seen else name)
+        if name is not None:
+            seen.add(name)
+    return PartitionSpec(*names)
+
+
+def unbox(boxed_tree: Any) -> Any:
+    """Strips logical-axis boxes without sharding constraints (placement comes from jit's out_shardings)."""
+    return jax.tree.map(lambda leaf: leaf.unbox(apply_constraint=False) if isinstance(leaf, nn.LogicallyPartitioned)
+                        else (leaf.unbox() if isinstance(leaf, nn.Partitioned) else leaf),
+                        boxed_tree, is_leaf=lambda leaf: isinstance(leaf, nn.Partitioned))
+
+
+def shardings_from_logical(logical_spec_tree: Any, mesh: jax.sharding.Mesh, rules: Rules,
+                           abstract_tree: Any | None = None) -> Any:
+    """Maps a tree of logical PartitionSpecs to NamedShardings on `mesh` with `rules`.
+
+    With `abstract_tree` (same structure, leaves with `.shape`), a dimension whose size the mesh axes do not
+    divide (e.g. 3 RGB input channels over fsdp=2) is replicated instead of failing.
+    """
+    shardings = mesh_lib.logical_to_sharding(logical_spec_tree, mesh, rules)
+    if abstract_tree is None:
+        return shardings
+    return jax.tree.map(lambda sharding, leaf: fit_to_shape(sharding, leaf.shape), shardings, abstract_tree)
+
+
+def fit_to_shape(sharding: NamedSharding, shape: Sequence[int]) -> NamedSharding:
+    """Replicates the dimensions of `shape` that the sharding's mesh axes do not divide evenly."""
+    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+    for dim, axes in enumerate(spec):
+        if axes is None:
+            continue
+        ways = 1
+        for axis in (axes if isinstance(axes, tuple) else (axes,)):
+            ways *= sharding.mesh.shape[axis]
+        if shape[dim] % ways:
+            spec[dim] = None
+    return NamedSharding(sharding.mesh, PartitionSpec(*spec))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """A sharding that places a full copy on every device."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, ndim: int) -> NamedSharding:
+    """Splits the leading (batch) dimension over the data-parallel axes (data, fsdp); the rest replicate."""
+    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def batch_shardings(batch: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Batch shardings for a tree of arrays (or ShapeDtypeStructs) whose leading dimension is the batch."""
+    return jax.tree.map(lambda leaf: batch_sharding(mesh, len(leaf.shape)), batch)
