@@ -1,0 +1,1 @@
+"""Export of training checkpoints for inference: params-only Orbax checkpoint, safetensors, jax.export."""

@@ -1,0 +1,1 @@
+"""Sampling jobs and the paper's applications."""

@@ -1,0 +1,332 @@
+"""The batch sampling job, read top to bottom: rows -> models -> batches of equal settings -> videos on disk.
+
+`sample_videos` is the gin entry point (`python -m lumiere_jax.sample`, see cli.py). Rows (rows.py) are
+split over job shards (`shard_id`, `num_shards`); the rows of this shard that have no sidecar yet are
+grouped by their static settings (base steps, SDEdit strength), cut into global batches (padded by
+repeating the last row), run through one jitted function sharded over the mesh (batch over the data axes,
+parameters by their logical axes), gathered, and written by process 0. Rerunning the same command skips
+finished rows, so a killed job completes where it stopped. Every row's randomness comes from its own key:
+`PRNGKey(row seed)` if the row gives one, else `fold_in(PRNGKey(job seed), row index)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gin
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from lumiere_jax.data import vocab
+from lumiere_jax.parallel import mesh as mesh_lib
+from lumiere_jax.parallel import partitioning
+from lumiere_jax.sample import applications
+from lumiere_jax.sample import caching
+from lumiere_jax.sample import conditions
+from lumiere_jax.sample import outputs
+from lumiere_jax.sample import progress
+from lumiere_jax.sample import rows as rows_lib
+from lumiere_jax.sample import style
+from lumiere_jax.sample import weights
+from lumiere_jax.train import adapter as adapter_lib
+from lumiere_jax.train import step as step_lib
+
+CONDITIONED_MODES = ("i2v", "inpaint", "cinemagraph")
+
+
+@dataclasses.dataclass
+class JobResult:
+    """What a run did: rows of this shard, rows skipped as already finished, rows generated, seconds."""
+
+    rows_in_shard: int
+    skipped: int
+    generated: int
+    seconds: float
+    sidecars: list[dict]
+
+
+def training_text_encoder_rng(train_seed: int) -> jax.Array:
+    """The key `train.loop.train` draws a randomly initialised text encoder with (its second split)."""
+    return jax.random.split(jax.random.key(train_seed), 5)[1]
+
+
+def load_text_encoder_params(adapter: adapter_lib.ModelAdapter, text_encoder_params_fn: Callable | None,
+                             train_seed: int, mesh: jax.sharding.Mesh, rules) -> Any:
+    """The frozen T5 weights on the mesh: `text_encoder_params_fn(rng)` or, when None, the random init the
+    trainer draws for `train.seed = train_seed` (runs with a random tiny text encoder)."""
+    load = text_encoder_params_fn or _jitted_text_encoder_init(adapter.text_encoder.config,
+                                                                caching.Unhashed(adapter))
+    params = load(training_text_encoder_rng(train_seed))
+    shardings = partitioning.shardings_from_logical(adapter.text_encoder.logical_partition_specs(), mesh, rules,
+                                                    params)
+    return jax.device_put(params, shardings)
+
+
+def row_key_data(row: rows_lib.Row, job_seed: int) -> np.ndarray:
+    """Raw key data `uint32 [2]` of the row: its own seed, or the job seed folded with the row index."""
+    key = jax.random.key(row.seed) if row.seed is not None else jax.random.fold_in(jax.random.key(job_seed), row.index)
+    return np.asarray(jax.random.key_data(key))
+
+
+def row_t_start(row: rows_lib.Row, config: applications.SamplingConfig) -> float:
+    if row.mode != "sdedit":
+        return 1.0
+    return row.strength if row.strength is not None else config.sdedit_strength
+
+
+def check_row_fits(row: rows_lib.Row, adapter: adapter_lib.ModelAdapter) -> None:
+    """Conditioned modes need the 7-channel <J, C, M> base model (PAPER.md 4.2)."""
+    if row.mode in CONDITIONED_MODES and adapter.stage != "conditional":
+        raise ValueError(f"row {row.id!r} asks for mode {row.mode!r}, which needs a conditional base model "
+                         f"(stage='conditional', 7 input channels); the configured base model has stage "
+                         f"{adapter.stage!r}. Sample it with a conditional checkpoint, or use mode t2v / sdedit")
+    if adapter.stage not in ("video", "conditional"):
+        raise ValueError(f"the base model must be a video model (stage 'video' or 'conditional'), got stage "
+                         f"{adapter.stage!r}")
+
+
+def _region(row: rows_lib.Row, source_shape: tuple[int, int], num_frames: int, height: int, width: int):
+    if row.box is not None:
+        return conditions.box_region(row.box, num_frames, height, width)
+    return conditions.read_region(row.mask, source_shape, num_frames, height, width)
+
+
+def row_inputs(row: rows_lib.Row, adapter: adapter_lib.ModelAdapter, config: applications.SamplingConfig,
+               job_seed: int) -> dict[str, np.ndarray]:
+    """Host arrays of one row for the base stage (no batch dim); condition files are read and fitted here."""
+    num_frames, height, width, _ = adapter.sample_shape
+    arrays = {"keys": row_key_data(row, job_seed),
+              "guidance_weight": np.float32(row.guidance_weight if row.guidance_weight is not None
+                                            else config.guidance_weight)}
+    if adapter.stage == "conditional":
+        if row.mode == "i2v":
+            condition, mask = conditions.image_to_video(
+                conditions.fit_image(conditions.read_image(row.image), height, width), num_frames)
+        elif row.mode == "inpaint":
+            raw = conditions.read_video(row.video, num_frames)
+            region = _region(row, raw.shape[1:3], num_frames, height, width)
+            condition, mask = conditions.inpainting(conditions.fit_video(raw, height, width), region)
+        elif row.mode == "cinemagraph":
+            raw = conditions.read_image(row.image)
+            region = _region(row, raw.shape[:2], num_frames, height, width)
+            condition, mask = conditions.cinemagraph(conditions.fit_image(raw, height, width), region)
+        else:
+            condition, mask = conditions.text_to_video(num_frames, height, width)
+        arrays["condition"], arrays["condition_mask"] = condition, mask
+    if row.mode == "sdedit":
+        arrays["init_video"] = conditions.fit_video(conditions.read_video(row.video, num_frames), height, width)
+    return arrays
+
+
+def _global_array(full: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
+    """A host array holding the whole global batch -> a jax.Array split over the data axes (any host count)."""
+    sharding = partitioning.batch_sharding(mesh, full.ndim)
+    return jax.make_array_from_callback(full.shape, sharding, lambda index: full[index])
+
+
+def _generate(base_params, base_text_params, ssr_params, ssr_text_params, batch, *, base_adapter, ssr_adapter,
+              schedule, ssr_schedule, config, num_steps, t_start):
+    """Base clip, then (optionally) SSR: `[B, T, H, W, 3]` in [-1, 1]."""
+    base = applications.Stage(base_adapter, base_params, base_text_params)
+    video = applications.generate_base(base, batch, schedule, config, num_steps, t_start)
+    if ssr_adapter is None:
+        return video
+    ssr = applications.Stage(ssr_adapter, ssr_params, ssr_text_params)
+    return applications.upsample_ssr(ssr, video, batch, ssr_schedule, config)
+
+
+class _Models:
+    """Weights of the base (and SSR) stage on the mesh, and one compiled function per static setting."""
+
+    def __init__(self, mesh, rules, base_adapter, base_checkpoint, ssr_adapter, ssr_checkpoint, use_ema,
+                 text_encoder_params_fn, train_seed, style_checkpoint, style_alpha, diffusion, ssr_diffusion, config):
+        self.mesh, self.config = mesh, config
+        self.base_adapter, self.ssr_adapter = base_adapter, ssr_adapter
+        self.base_params, self.base_info = weights.load_params(
+            base_checkpoint, weights.abstract_params(base_adapter, mesh, rules), use_ema)
+        self.style_info = None
+        if style_checkpoint:
+            style_params, info = weights.load_params(style_checkpoint, None, use_ema)
+            self.base_params = style.interpolate_spatial(self.base_params, style_params, style_alpha)
+            self.style_info = {**info, "alpha": style_alpha}
+        self.base_text_params = load_text_encoder_params(base_adapter, text_encoder_params_fn, train_seed, mesh, rules)
+        self.ssr_params = self.ssr_text_params = self.ssr_info = None
+        if ssr_adapter is not None:
+            self.ssr_params, self.ssr_info = weights.load_params(
+                ssr_checkpoint, weights.abstract_params(ssr_adapter, mesh, rules), use_ema)
+            same_encoder = ssr_adapter.text_encoder.config == base_adapter.text_encoder.config
+            self.ssr_text_params = (self.base_text_params if same_encoder
+                                    else load_text_encoder_params(ssr_adapter, text_encoder_params_fn, train_seed,
+                                                                  mesh, rules))
+        self.diffusion, self.ssr_diffusion = diffusion, ssr_diffusion
+
+    def generate(self, batch: dict[str, jax.Array], num_steps: int, t_start: float) -> jax.Array:
+        function = _cached_jit(caching.adapter_key(self.base_adapter), caching.adapter_key(self.ssr_adapter),
+                               self.diffusion, self.ssr_diffusion, self.config, num_steps, t_start,
+                               partitioning.batch_sharding(self.mesh, 5),
+                               caching.Unhashed((self.base_adapter, self.ssr_adapter)))
+        return function(self.base_params, self.base_text_params, self.ssr_params, self.ssr_text_params, batch)
+
+
+@functools.lru_cache(maxsize=4)
+def _jitted_text_encoder_init(config, adapter):
+    """The text encoder's random init, compiled once per encoder config in a process."""
+    del config  # the cache key
+    return jax.jit(adapter.value.text_encoder.init)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_jit(base_key, ssr_key, diffusion, ssr_diffusion, config, num_steps, t_start, out_sharding, adapters):
+    """One jitted sampler per (model architecture, settings); jit then caches per input shape and sharding."""
+    base_adapter, ssr_adapter = adapters.value
+    function = functools.partial(
+        _generate, base_adapter=base_adapter, ssr_adapter=ssr_adapter, schedule=diffusion.schedule_fn,
+        ssr_schedule=ssr_diffusion.schedule_fn, config=config, num_steps=num_steps, t_start=t_start)
+    # Inputs are committed to their shardings (parameters by logical axes, batch over the data axes).
+    return jax.jit(function, out_shardings=out_sharding)
+
+
+def _tokenize(prompts: Sequence[str], adapter: adapter_lib.ModelAdapter, vocabulary) -> tuple[np.ndarray, np.ndarray]:
+    return vocab.tokenize(list(prompts), vocabulary, adapter.text_length)
+
+
+def _stack(row_arrays: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {name: np.stack([arrays[name] for arrays in row_arrays]) for name in row_arrays[0]}
+
+
+@gin.configurable
+def sample_videos(
+    output_dir: str = gin.REQUIRED,
+    prompts: str = gin.REQUIRED,
+    base_adapter: adapter_lib.ModelAdapter = gin.REQUIRED,
+    base_checkpoint: str = gin.REQUIRED,
+    ssr_adapter: adapter_lib.ModelAdapter | None = None,
+    ssr_checkpoint: str | None = None,
+    use_ssr: bool = True,
+    sampling: applications.SamplingConfig = applications.SamplingConfig(),
+    diffusion: step_lib.DiffusionConfig = step_lib.DiffusionConfig(),
+    ssr_diffusion: step_lib.DiffusionConfig = step_lib.DiffusionConfig(),
+    batch_size: int = 8,
+    seed: int = 0,
+    fps: float = 16.0,
+    write_gif: bool = False,
+    save_arrays: bool = False,
+    use_ema: bool = True,
+    style_checkpoint: str | None = None,
+    style_alpha: float = 0.75,
+    text_encoder_params_fn: Callable[[jax.Array], Any] | None = None,
+    train_seed: int = 0,
+    sentencepiece_model: str | None = None,
+    mesh_shape: Sequence[int] = (-1, 1, 1),
+    dcn_mesh_shape: Sequence[int] | None = None,
+    logical_axis_rules: Sequence[tuple[str, Any]] = mesh_lib.LOGICAL_AXIS_RULES,
+    shard_id: int = 0,
+    num_shards: int = 1,
+) -> JobResult:
+    """Samples one video per row of `prompts` into `output_dir`; see the module docstring and rows.py.
+
+    `base_checkpoint` / `ssr_checkpoint`: training run folders, step folders or exported inference
+    checkpoints. `use_ssr=False` writes base-resolution videos even when an SSR model is configured.
+    `style_checkpoint`: a T2I checkpoint blended into the base model's spatial layers with `style_alpha`.
+    `text_encoder_params_fn(rng)` loads the frozen T5 (default: the random init the trainer draws for
+    `train.seed = train_seed`, matching runs that train with a random text encoder). `batch_size` is global and
+    is rounded up to a multiple of the data-parallel mesh size.
+    """
+    start = time.perf_counter()
+    all_rows = rows_lib.read_rows(prompts)
+    shard = rows_lib.shard_rows(all_rows, shard_id, num_shards)
+    for row in shard:
+        check_row_fits(row, base_adapter)
+    todo = [row for row in shard if not outputs.is_finished(output_dir, row)]
+    logging.info("shard %d of %d: %d rows, %d already finished, %d to sample", shard_id, num_shards, len(shard),
+                 len(shard) - len(todo), len(todo))
+    ssr_adapter = ssr_adapter if use_ssr else None
+    if ssr_adapter is not None and not ssr_checkpoint:
+        raise ValueError("an SSR model is configured but ssr_checkpoint is empty; set it, or sample base videos "
+                         "only with --gin.sample_videos.use_ssr=False")
+    mesh = mesh_lib.make_mesh(mesh_shape, dcn_mesh_shape)
+    ways = mesh_lib.data_axis_size(mesh)
+    global_batch = -(-batch_size // ways) * ways
+    if global_batch != batch_size:
+        logging.info("batch_size=%d rounded up to %d, a multiple of the %d data-parallel devices", batch_size,
+                     global_batch, ways)
+    sidecars = []
+    if todo:
+        rules = tuple(logical_axis_rules)
+        with mesh_lib.mesh_context(mesh, rules):
+            models = _Models(mesh, rules, base_adapter, base_checkpoint, ssr_adapter, ssr_checkpoint, use_ema,
+                             text_encoder_params_fn, train_seed, style_checkpoint, style_alpha, diffusion,
+                             ssr_diffusion, sampling)
+            vocabulary = vocab.get_vocabulary(sentencepiece_model)
+            run_info = {"base_checkpoint": models.base_info, "ssr_checkpoint": models.ssr_info,
+                        "style": models.style_info, "sampling": dataclasses.asdict(sampling),
+                        "diffusion": {"schedule": diffusion.schedule, "schedule_kwargs": diffusion.schedule_kwargs},
+                        "job_seed": seed, "fps": fps, "ssr": ssr_adapter is not None}
+            if jax.process_index() == 0:
+                os.makedirs(output_dir, exist_ok=True)
+                with open(os.path.join(output_dir, "config.gin"), "w") as file:
+                    file.write(gin.config_str())
+            bar = progress.ProgressBar(len(todo), description=f"sampling shard {shard_id}/{num_shards}")
+            groups: dict[tuple[int, float], list[rows_lib.Row]] = {}
+            for row in todo:
+                steps = row.num_steps if row.num_steps is not None else sampling.num_steps
+                groups.setdefault((steps, row_t_start(row, sampling)), []).append(row)
+            for (num_steps, t_start), group in groups.items():
+                for first in range(0, len(group), global_batch):
+                    chunk = group[first:first + global_batch]
+                    sidecars += _run_batch(models, chunk, global_batch, num_steps, t_start, vocabulary, seed,
+                                           output_dir, fps, write_gif, save_arrays, run_info, first_call=not sidecars)
+                    bar.update(len(chunk))
+    seconds = time.perf_counter() - start
+    result = JobResult(rows_in_shard=len(shard), skipped=len(shard) - len(todo), generated=len(todo),
+                       seconds=seconds, sidecars=sidecars)
+    summary = {"rows_in_file": len(all_rows), "rows_in_shard": len(shard), "skipped_finished": result.skipped,
+               "generated": result.generated, "seconds": round(seconds, 3),
+               "rows_per_second": round(result.generated / seconds, 4) if seconds > 0 else None,
+               "shard_id": shard_id, "num_shards": num_shards, "output_dir": os.path.abspath(output_dir)}
+    if jax.process_index() == 0:
+        outputs.write_json_atomic(os.path.join(output_dir, f"summary-{shard_id}-of-{num_shards}.json"), summary)
+    logging.info("done: %d generated, %d already finished, %d rows in shard, %.1f s (%s)", result.generated,
+                 result.skipped, result.rows_in_shard, seconds, output_dir)
+    return result
+
+
+def _run_batch(models: _Models, chunk: list[rows_lib.Row], global_batch: int, num_steps: int, t_start: float,
+               vocabulary, job_seed: int, output_dir: str, fps: float, write_gif: bool, save_arrays: bool,
+               run_info: dict, first_call: bool) -> list[dict]:
+    """Samples one padded batch and writes its real rows; returns their sidecars."""
+    batch_start = time.perf_counter()
+    padded = chunk + [chunk[-1]] * (global_batch - len(chunk))
+    host = _stack([row_inputs(row, models.base_adapter, models.config, job_seed) for row in padded])
+    host["tokens"], host["text_mask"] = _tokenize([row.prompt for row in padded], models.base_adapter, vocabulary)
+    if models.ssr_adapter is not None:
+        host["ssr_tokens"], host["ssr_text_mask"] = _tokenize([row.prompt for row in padded], models.ssr_adapter,
+                                                              vocabulary)
+    batch = {name: _global_array(value, models.mesh) for name, value in host.items()}
+    videos = models.generate(batch, num_steps, t_start)
+    videos = np.asarray(multihost_utils.process_allgather(videos, tiled=True))
+    seconds = time.perf_counter() - batch_start
+    sidecars = []
+    for position, (row, video) in enumerate(zip(chunk, videos)):
+        sidecar = {
+            "id": row.id, "index": row.index, "prompt": row.prompt, "mode": row.mode, "seed": row.seed,
+            "key": "PRNGKey(seed)" if row.seed is not None else "fold_in(PRNGKey(job_seed), index)",
+            "row": row.to_json(), "num_steps": num_steps, "t_start": t_start,
+            "guidance_weight": float(host["guidance_weight"][position]),
+            "frames": int(video.shape[0]), "height": int(video.shape[1]), "width": int(video.shape[2]),
+            "timings": {"batch_seconds": round(seconds, 4), "rows_in_batch": len(chunk), "batch_size": global_batch,
+                        "first_batch_of_run": first_call},
+            **run_info,
+        }
+        if jax.process_index() == 0:
+            sidecar = outputs.write_row(output_dir, row, outputs.to_uint8(video), fps, sidecar, write_gif,
+                                        save_arrays)
+        sidecars.append(sidecar)
+    return sidecars

@@ -1,0 +1,160 @@
+"""Rows of a sampling job: one video each, read from a prompt file (.txt, .jsonl or .csv).
+
+  .txt    one prompt per line (blank lines skipped); every other option takes the job's default.
+  .jsonl  one JSON object per line; .csv: a header row naming the same fields, empty cells unset.
+
+Fields (only `prompt` is required):
+  prompt           text prompt (may be "" for unconditional generation)
+  id               output name (default: the row index as 6 digits); letters, digits, `._-` only
+  mode             one of MODES (default "t2v")
+  seed             integer seed of this row (default: fold_in(PRNGKey(job seed), row index))
+  image            condition image path (i2v, cinemagraph)
+  video            condition / input video path (inpaint, sdedit)
+  mask             region image or video path: white = region to fill (inpaint) or animate (cinemagraph)
+  box              region as "top,left,bottom,right" fractions of the frame in [0, 1] (alternative to mask)
+  strength         SDEdit noise level t0 in (0, 1] (default: the job's)
+  guidance_weight  classifier-free guidance weight of the base stage (default: the job's)
+  num_steps        base sampler steps (default: the job's)
+Relative paths are resolved against the prompt file's folder. The row index counts the rows of the whole
+file (before `--shard_id/--num_shards` splitting), so a row's seed and name do not depend on the split.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import re
+
+MODES: tuple[str, ...] = ("t2v", "i2v", "inpaint", "cinemagraph", "sdedit")
+FIELDS: tuple[str, ...] = ("prompt", "id", "mode", "seed", "image", "video", "mask", "box", "strength",
+                           "guidance_weight", "num_steps")
+# Condition files each mode needs (one of the pairs for the region).
+_NEEDS = {"i2v": ("image",), "inpaint": ("video",), "cinemagraph": ("image",), "sdedit": ("video",)}
+_NEEDS_REGION = ("inpaint", "cinemagraph")
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+class RowError(ValueError):
+    """A row of the prompt file is malformed; the message names the file, line and field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One requested video. `index` is the row's position in the whole file."""
+
+    index: int
+    prompt: str
+    id: str
+    mode: str = "t2v"
+    seed: int | None = None
+    image: str | None = None
+    video: str | None = None
+    mask: str | None = None
+    box: tuple[float, float, float, float] | None = None
+    strength: float | None = None
+    guidance_weight: float | None = None
+    num_steps: int | None = None
+
+    def to_json(self) -> dict:
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+
+def read_rows(path: str) -> list[Row]:
+    """Reads every row of a .txt, .jsonl or .csv prompt file and checks it (modes, fields, ids, paths)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"prompt file {path!r} does not exist")
+    extension = os.path.splitext(path)[1].lower()
+    folder = os.path.dirname(os.path.abspath(path))
+    with open(path, encoding="utf-8", newline="") as file:
+        if extension == ".txt":
+            records = [(number, {"prompt": line.strip()}) for number, line in enumerate(file, 1) if line.strip()]
+        elif extension == ".jsonl":
+            records = [(number, _parse_json_line(path, number, line)) for number, line in enumerate(file, 1)
+                       if line.strip()]
+        elif extension == ".csv":
+            records = [(reader.line_num, {key: value for key, value in record.items() if value not in ("", None)})
+                       for reader in [csv.DictReader(file)] for record in reader]
+        else:
+            raise RowError(f"prompt file {path!r} has extension {extension!r}; use .txt, .jsonl or .csv")
+    rows = [_make_row(index, record, f"{path}:{number}", folder) for index, (number, record) in enumerate(records)]
+    duplicates = sorted({row.id for row in rows if sum(other.id == row.id for other in rows) > 1})
+    if duplicates:
+        raise RowError(f"{path}: row ids {duplicates[:5]} appear more than once; output names must be unique")
+    if not rows:
+        raise RowError(f"prompt file {path!r} holds no rows")
+    return rows
+
+
+def shard_rows(rows: list[Row], shard_id: int, num_shards: int) -> list[Row]:
+    """Rows of job shard `shard_id` of `num_shards`: every num_shards-th row, starting at shard_id."""
+    if num_shards < 1 or not 0 <= shard_id < num_shards:
+        raise ValueError(f"--shard_id={shard_id} must lie in [0, --num_shards={num_shards})")
+    return [row for row in rows if row.index % num_shards == shard_id]
+
+
+def _parse_json_line(path: str, number: int, line: str) -> dict:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise RowError(f"{path}:{number}: not valid JSON ({error})") from None
+    if not isinstance(record, dict):
+        raise RowError(f"{path}:{number}: each line must be a JSON object like {{\"prompt\": \"...\"}}")
+    return record
+
+
+def _make_row(index: int, record: dict, where: str, folder: str) -> Row:
+    unknown = sorted(set(record) - set(FIELDS))
+    if unknown:
+        raise RowError(f"{where}: unknown fields {unknown}; known fields are {list(FIELDS)}")
+    if "prompt" not in record or not isinstance(record["prompt"], str):
+        raise RowError(f"{where}: every row needs a string 'prompt' (may be empty)")
+    values = dict(record)
+    values["id"] = str(values.get("id", f"{index:06d}"))
+    if not _ID_PATTERN.match(values["id"]):
+        raise RowError(f"{where}: id {values['id']!r} may contain only letters, digits, '.', '_' and '-'")
+    mode = values.setdefault("mode", "t2v")
+    if mode not in MODES:
+        raise RowError(f"{where}: unknown mode {mode!r}; choose one of {MODES}")
+    for field, kind in (("seed", int), ("num_steps", int), ("strength", float), ("guidance_weight", float)):
+        if field in values:
+            values[field] = _convert(values[field], kind, field, where)
+    if "box" in values:
+        values["box"] = _parse_box(values["box"], where)
+    for field in ("image", "video", "mask"):
+        if field in values:
+            values[field] = os.path.join(folder, os.path.expanduser(str(values[field])))
+    for field in _NEEDS.get(mode, ()):
+        if field not in values:
+            raise RowError(f"{where}: mode {mode!r} needs a '{field}' path")
+    if mode in _NEEDS_REGION and ("mask" in values) == ("box" in values):
+        raise RowError(f"{where}: mode {mode!r} needs exactly one of 'mask' (a region image/video) or 'box'")
+    strength = values.get("strength")
+    if strength is not None and not 0.0 < strength <= 1.0:
+        raise RowError(f"{where}: strength={strength} must lie in (0, 1] (the SDEdit noise level t0)")
+    if values.get("num_steps") is not None and values["num_steps"] < 1:
+        raise RowError(f"{where}: num_steps={values['num_steps']} must be at least 1")
+    return Row(index=index, **values)
+
+
+def _convert(value, kind, field: str, where: str):
+    try:
+        converted = kind(value)
+    except (TypeError, ValueError):
+        raise RowError(f"{where}: {field}={value!r} is not a valid {kind.__name__}") from None
+    if kind is int and isinstance(value, float) and value != converted:
+        raise RowError(f"{where}: {field}={value!r} must be a whole number")
+    return converted
+
+
+def _parse_box(value, where: str) -> tuple[float, float, float, float]:
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        top, left, bottom, right = (float(part) for part in parts)
+    except (TypeError, ValueError):
+        raise RowError(f"{where}: box={value!r} must be four numbers top,left,bottom,right") from None
+    if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
+        raise RowError(f"{where}: box={value!r} must satisfy 0 <= top < bottom <= 1 and 0 <= left < right <= 1 "
+                       "(fractions of the frame height and width)")
+    return top, left, bottom, right
