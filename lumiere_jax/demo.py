@@ -122,14 +122,15 @@ def write_prompt_files(out_dir: str, condition: dict[str, str]) -> tuple[str, st
 
 
 def sample_command(prompts: str, output_dir: str, stage: str, base_checkpoint: str, ssr_checkpoint: str,
-                   steps: DemoSteps) -> list[str]:
+                   steps: DemoSteps, use_ssr: bool = True) -> list[str]:
     return [sys.executable, "-m", "lumiere_jax.sample", "--gin_file=sample/base.gin", "--gin_file=sample/ssr.gin",
             "--gin_file=sample/cpu_tiny.gin", f"--gin.OUTPUT_DIR={output_dir}", f"--gin.PROMPTS={prompts}",
             f"--gin.BASE_CHECKPOINT={base_checkpoint}", f"--gin.SSR_CHECKPOINT={ssr_checkpoint}",
             f"--gin.BASE_STAGE={stage}", f"--gin.SamplingConfig.num_steps={steps.base_sampling}",
             f"--gin.SamplingConfig.ssr_num_steps={steps.ssr_sampling}", "--gin.sample_videos.write_gif=True",
             "--gin.sample_videos.save_arrays=True", "--gin.sample_videos.batch_size=4",
-            *video_stage_bindings(steps.frames, "base/"), f"--gin_bindings=ssr/unet_adapter.overrides = {SSR_OVERRIDES}"]
+            *video_stage_bindings(steps.frames, "base/"), f"--gin_bindings=ssr/unet_adapter.overrides = {SSR_OVERRIDES}",
+            f"--gin.sample_videos.use_ssr={use_ssr}"]
 
 
 def contact_sheet(video_dirs: list[str], path: str, frames_per_row: int = 8) -> int:
@@ -196,17 +197,21 @@ def main(argv: list[str] | None = None) -> int:
     condition = write_condition_inputs(out_dir)
     text_prompts, conditional_prompts = write_prompt_files(out_dir, condition)
     video_dir = os.path.join(out_dir, "videos")
+    base_dir = os.path.join(out_dir, "videos_base")
+    # The quality score reads the STUNet's own 32x32 output; the SSR output goes to the contact sheet.
+    run(sample_command(text_prompts, base_dir, "stunet", runs["stunet"], runs["ssr"], steps, use_ssr=False),
+        "5_sample_text_to_video_base", out_dir)
     run(sample_command(text_prompts, video_dir, "stunet", runs["stunet"], runs["ssr"], steps),
-        "5_sample_text_to_video", out_dir)
+        "5_sample_text_to_video_ssr", out_dir)
     run(sample_command(conditional_prompts, video_dir, "conditional", runs["conditional"], runs["ssr"], steps),
         "6_sample_conditional", out_dir)
 
     sheet = os.path.join(out_dir, "contact_sheet.png")
-    count = contact_sheet([video_dir], sheet)
-    report = quality_report(video_dir)
+    count = contact_sheet([base_dir, video_dir], sheet)
+    report = quality_report(base_dir)
     with open(os.path.join(out_dir, "quality.json"), "w") as file:
         json.dump(report, file, indent=2)
-    print(f"\nvideos: {video_dir}\ncontact sheet ({count} videos): {sheet}")
+    print(f"\nvideos: {video_dir} (base only: {base_dir})\ncontact sheet ({count} videos): {sheet}")
     print("synthetic-domain quality of the text-to-video clips (chance levels beside):")
     for name, value in report["metrics"].items():
         chance = report["chance"].get(name)
