@@ -18,28 +18,17 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from lumiere_jax import gin_cli
 from lumiere_jax.train import cli as train_cli
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="lumiere-evaluate", description="Evaluate the checkpoints of a run (gin configured).",
-        epilog="Overrides: --gin.KEY=VALUE, e.g. --gin.MODEL_DIR=/tmp/run --gin.synthetic_prompts.num_prompts=8")
-    parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
-    parser.add_argument("--gin_search_paths", action="append", default=[],
-                        help="comma-separated directories searched for gin files and includes (repeatable)")
-    parser.add_argument("--gin_bindings", action="append", default=[], help="raw gin binding line (repeatable)")
+    parser = gin_cli.argument_parser(
+        "lumiere-evaluate", "Evaluate the checkpoints of a run (gin configured).",
+        "Overrides: --gin.KEY=VALUE, e.g. --gin.MODEL_DIR=/tmp/run --gin.synthetic_prompts.num_prompts=8")
     parser.add_argument("--steps", default=None, help="comma-separated checkpoint steps (default: all)")
     parser.add_argument("--watch", action="store_true", help="keep evaluating new checkpoints as they appear")
-    args, unknown = parser.parse_known_args(argv)
-    args.gin_overrides = []
-    for item in unknown:
-        if not item.startswith("--gin.") or "=" not in item:
-            parser.error(f"unrecognised argument {item!r}; overrides are written --gin.KEY=VALUE")
-        key, value = item[len("--gin."):].split("=", 1)
-        args.gin_overrides.append(train_cli.binding_line(key, value))
-    if not args.gin_file:
-        parser.error("give at least one --gin_file, e.g. --gin_file=evaluate/synthetic.gin")
+    args = gin_cli.parse_args(parser, argv, "evaluate/synthetic.gin")
     try:
         args.steps = None if args.steps is None else [int(step) for step in args.steps.split(",") if step]
     except ValueError:
@@ -57,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         train_cli.configure_gin(args)
-    except train_cli.UsageError as error:
+    except gin_cli.UsageError as error:
         print(f"lumiere-evaluate: error: {error}", file=sys.stderr)
         return 2
     overrides = {"steps": args.steps} if args.steps is not None else {}

@@ -4,10 +4,7 @@
       --gin_file=runs/pretrain_t2i.gin --gin_file=mesh/cpu.gin \\
       --gin.MODEL_DIR=/tmp/t2i --gin.train.num_train_steps=100
 
-`--gin_file` (repeatable) is looked up in `--gin_search_paths` (comma-separated, repeatable), then in this
-repository's gin_configs/ and the working directory. `--gin.KEY=VALUE` (T5X style) adds one binding; a VALUE
-that is not a gin literal is taken as a string, so `--gin.MODEL_DIR=/tmp/run` needs no inner quotes.
-`--gin_bindings` takes raw binding lines as T5X does. MODEL_DIR is a required macro.
+Gin flags as every command line here (lumiere_jax/gin_cli.py); MODEL_DIR is a required macro.
 """
 
 from __future__ import annotations
@@ -20,60 +17,21 @@ from collections.abc import Sequence
 
 import gin
 
+from lumiere_jax import gin_cli
+from lumiere_jax.gin_cli import GIN_CONFIGS_DIR, UsageError, binding_line  # noqa: F401 -- re-exported
 from lumiere_jax.parallel import partitioning
-
-GIN_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                               "gin_configs")
-
-
-class UsageError(ValueError):
-    """A problem with the command line or the gin configuration; reported without a traceback."""
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="lumiere-train", description="Train a Lumiere stage (T5X-style gin configuration).",
-        epilog="Overrides: --gin.KEY=VALUE, e.g. --gin.MODEL_DIR=/tmp/run --gin.train.num_train_steps=10")
-    parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
-    parser.add_argument("--gin_search_paths", action="append", default=[],
-                        help="comma-separated directories searched for gin files and includes (repeatable)")
-    parser.add_argument("--gin_bindings", action="append", default=[], help="raw gin binding line (repeatable)")
-    args, unknown = parser.parse_known_args(argv)
-    args.gin_overrides = []
-    for item in unknown:
-        if not item.startswith("--gin.") or "=" not in item:
-            parser.error(f"unrecognised argument {item!r}; overrides are written --gin.KEY=VALUE")
-        key, value = item[len("--gin."):].split("=", 1)
-        args.gin_overrides.append(binding_line(key, value))
-    if not args.gin_file:
-        parser.error("give at least one --gin_file, e.g. --gin_file=runs/pretrain_t2i.gin")
-    return args
-
-
-def binding_line(key: str, value: str) -> str:
-    """`KEY = VALUE`, quoting VALUE as a string when it is not a gin literal or reference."""
-    try:
-        gin.config.parse_value(value)
-    except (SyntaxError, ValueError):
-        value = repr(value)
-    return f"{key} = {value}"
+    parser = gin_cli.argument_parser(
+        "lumiere-train", "Train a Lumiere stage (T5X-style gin configuration).",
+        "Overrides: --gin.KEY=VALUE, e.g. --gin.MODEL_DIR=/tmp/run --gin.train.num_train_steps=10")
+    return gin_cli.parse_args(parser, argv, "runs/pretrain_t2i.gin")
 
 
 def configure_gin(args: argparse.Namespace) -> str:
     """Parses gin files and bindings; checks MODEL_DIR; returns its value."""
-    search_paths = [path for entry in args.gin_search_paths for path in entry.split(",") if path]
-    for path in [*search_paths, GIN_CONFIGS_DIR, os.getcwd()]:
-        gin.add_config_file_search_path(path)
-    bindings = [*args.gin_bindings, *args.gin_overrides]
-    # gin logs an ERROR for every search path that lacks a file before finding it; real failures raise.
-    previous_level = logging.root.level
-    logging.root.setLevel(logging.CRITICAL)
-    try:
-        gin.parse_config_files_and_bindings(args.gin_file, bindings, finalize_config=False)
-    except (ValueError, OSError, SyntaxError) as error:
-        raise UsageError(f"invalid gin configuration: {error}") from None
-    finally:
-        logging.root.setLevel(previous_level)
+    gin_cli.parse_gin(args)
     try:
         model_dir = gin.query_parameter("%MODEL_DIR")
     except ValueError:
@@ -81,11 +39,7 @@ def configure_gin(args: argparse.Namespace) -> str:
     if not isinstance(model_dir, str) or not model_dir:
         raise UsageError("MODEL_DIR is required: pass --gin.MODEL_DIR=/path/to/run (checkpoints, TensorBoard "
                          "events and the operative config are written there)")
-    try:
-        gin.finalize()
-    except ValueError as error:  # a required macro (e.g. T2I_CHECKPOINT) left unset
-        macro = str(error).split("/", 1)[0]
-        raise UsageError(f"{error} Pass it on the command line, e.g. --gin.{macro}=...") from None
+    gin_cli.finalize()
     return model_dir
 
 
