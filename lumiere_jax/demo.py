@@ -81,7 +81,10 @@ def _is_progress(line: str) -> bool:
 def train_command(run_file: str, model_dir: str, steps: int, data_dir: str, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "lumiere_jax.train", f"--gin_file=runs/{run_file}", "--gin_file=runs/cpu_tiny.gin",
             f"--gin.MODEL_DIR={model_dir}", f"--gin.train.num_train_steps={steps}",
-            f"--gin.seqio_iterator.data_dir={data_dir}", *extra]
+            f"--gin.seqio_iterator.data_dir={data_dir}",
+            # cpu_tiny.gin saves and evaluates every 20 steps (for tests); a few times per stage is enough here.
+            f"--gin.CheckpointConfig.save_every_steps={max(20, steps // 4)}",
+            f"--gin.train.eval_every_steps={max(20, steps // 4)}", *extra]
 
 
 def video_stage_bindings(frames: int, prefix: str = "") -> list[str]:
