@@ -123,22 +123,10 @@ def load_params(path: str, abstract: Params | None = None, use_ema: bool = True)
             args = ocp.RestoreArgs(restore_type=np.ndarray)
         else:
             args = ocp.ArrayRestoreArgs(sharding=target.sharding, dtype=target.dtype)
-        _set_path(item, key_path[1:], target)
-        _set_path(restore_args, key_path[1:], args)
+        state_lib.set_path(item, key_path[1:], target)
+        state_lib.set_path(restore_args, key_path[1:], args)
     item_dir = os.path.join(root, keys[next(iter(targets))][0])
     restored = ocp.PyTreeCheckpointer().restore(item_dir, args=ocp.args.PyTreeRestore(
         item=item, restore_args=restore_args, partial_restore=True))
-    flat = {name: _get_path(restored, keys[name][1:]) for name in targets}
+    flat = {name: state_lib.get_path(restored, keys[name][1:]) for name in targets}
     return state_lib.unflatten(flat), info
-
-
-def _set_path(tree: dict, key_path: tuple[str, ...], value: Any) -> None:
-    for key in key_path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[key_path[-1]] = value
-
-
-def _get_path(tree: dict, key_path: tuple[str, ...]) -> Any:
-    for key in key_path:
-        tree = tree[key]
-    return tree

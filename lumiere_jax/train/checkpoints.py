@@ -233,13 +233,13 @@ def load_init_params(
         shape = source_shapes[source_path]
         sharding = target.sharding if shape == tuple(target.shape) else jax.sharding.NamedSharding(
             target.sharding.mesh, jax.sharding.PartitionSpec())
-        _set(item, source_keys[source_path], jax.ShapeDtypeStruct(shape, target.dtype, sharding=sharding))
-        _set(restore_args, source_keys[source_path], ocp.ArrayRestoreArgs(sharding=sharding, dtype=target.dtype))
+        state_lib.set_path(item, source_keys[source_path], jax.ShapeDtypeStruct(shape, target.dtype, sharding=sharding))
+        state_lib.set_path(restore_args, source_keys[source_path], ocp.ArrayRestoreArgs(sharding=sharding, dtype=target.dtype))
     restored = ocp.PyTreeCheckpointer().restore(os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
         item=item, restore_args=restore_args, partial_restore=True))
     loaded = {}
     for target_path, source_path in plan.items():
-        value = _get(restored, source_keys[source_path])
+        value = state_lib.get_path(restored, source_keys[source_path])
         target = abstract_params[target_path]
         if value.shape != tuple(target.shape):
             value = _zero_pad_input_channels(value, target)
@@ -256,16 +256,3 @@ def _pads_input_channels(source_shape: tuple[int, ...], target_shape: tuple[int,
 def _zero_pad_input_channels(value: jax.Array, target: jax.ShapeDtypeStruct) -> jax.Array:
     pad = [(0, 0)] * (value.ndim - 2) + [(0, target.shape[-2] - value.shape[-2]), (0, 0)]
     return jax.jit(lambda v: jnp.pad(v, pad), out_shardings=target.sharding)(value)
-
-
-def _set(tree: dict, key_path: tuple[str, ...], value: Any) -> None:
-    for key in key_path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[key_path[-1]] = value
-
-
-def _get(tree: dict, key_path: tuple[str, ...]) -> Any:
-    for key in key_path:
-        tree = tree[key]
-    return tree
-

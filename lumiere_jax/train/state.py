@@ -49,6 +49,20 @@ def unflatten(flat: dict[str, Any]) -> Params:
     return flax.traverse_util.unflatten_dict(flat, sep=_SEP) if flat else {}
 
 
+def set_path(tree: dict, key_path: tuple[str, ...], value: Any) -> None:
+    """Sets `tree[k0][k1]...[kn] = value`, creating the nested dicts on the way."""
+    for key in key_path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[key_path[-1]] = value
+
+
+def get_path(tree: dict, key_path: tuple[str, ...]) -> Any:
+    """Returns `tree[k0][k1]...[kn]`."""
+    for key in key_path:
+        tree = tree[key]
+    return tree
+
+
 def split_params(params: Params, mask: Any | None) -> tuple[Params, Params]:
     """Splits `params` into (trainable, frozen) with a same-structured tree of bools (None: all trainable)."""
     if mask is None:
