@@ -77,7 +77,8 @@ class UNetConfig:
       low_res_size: frame size of the low-res input (SSR; example inputs only).
       dtype: compute dtype name ("float32", "bfloat16").
       param_dtype: parameter dtype name.
-      remat: rematerialise every residual/attention block in the backward pass (saves memory).
+      remat: rematerialise every residual, attention, (2+1)D conv and temporal attention block in the
+        backward pass (keeps only block inputs; saves memory for about one extra forward pass).
       temporal: None for an image model; a TemporalConfig for STUNet / SSR.
     """
 

@@ -142,6 +142,8 @@ class UNet(nn.Module):
         res_block = nn.remat(ResBlock) if config.remat else ResBlock
         self_attention = nn.remat(SelfAttentionBlock) if config.remat else SelfAttentionBlock
         cross_attention = nn.remat(CrossAttentionBlock) if config.remat else CrossAttentionBlock
+        space_time_conv = nn.remat(SpaceTimeConvBlock) if config.remat else SpaceTimeConvBlock
+        temporal_attention = nn.remat(TemporalAttentionBlock) if config.remat else TemporalAttentionBlock
 
         def pretrained_block(h, prefix: str, level: int, index: int):
             """Residual block plus the level's spatial attention: the unit of the T2I network."""
@@ -163,12 +165,11 @@ class UNet(nn.Module):
             clip = batch_to_frames(h, batch)
             if level == coarsest:
                 for j in range(temporal.attention_blocks):
-                    clip = TemporalAttentionBlock(temporal.attention_heads,
+                    clip = temporal_attention(temporal.attention_heads,
                                                   name=f"{prefix}_temporal_attention_{index}_{j}", **kw)(clip)
             else:
-                clip = SpaceTimeConvBlock(config.norm_groups, temporal.spatial_kernel_size,
-                                          temporal.conv_kernel_size, name=f"{prefix}_temporal_conv_{index}",
-                                          **kw)(clip)
+                clip = space_time_conv(config.norm_groups, temporal.spatial_kernel_size,
+                                       temporal.conv_kernel_size, name=f"{prefix}_temporal_conv_{index}", **kw)(clip)
             return frames_to_batch(clip)
 
         def block(h, prefix: str, level: int, index: int):

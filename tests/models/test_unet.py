@@ -147,3 +147,27 @@ def test_remat_traces_same_gradient_structure(unet_helpers):
     inputs = example_inputs(remat, batch_size=2)
     grads = jax.eval_shape(jax.grad(lambda p: jnp.sum(UNet(remat).apply({"params": p}, **inputs))), abstract)
     assert jax.tree.map(lambda g: g.shape, grads) == jax.tree.map(lambda p: p.shape, abstract)
+
+
+
+def test_remat_wraps_every_block_and_keeps_gradients(unet_helpers):
+    """remat=True rematerialises every residual, attention, (2+1)D conv and temporal attention block (one
+    `remat` call per block module) and gives the same parameter gradients as remat=False."""
+    h = unet_helpers
+    config = dataclasses.replace(h.TEST_STUNET, temporal=dataclasses.replace(h.TEST_STUNET.temporal, num_frames=8))
+    params = h.random_params(h.unbox(h.abstract_variables(config))["params"])
+    inputs = h.random_inputs(config, batch_size=2, video=True)
+    remat_model = UNet(dataclasses.replace(config, remat=True))
+    jaxpr = jax.make_jaxpr(lambda p: remat_model.apply({"params": p}, **inputs))(params).jaxpr
+    block_kinds = ("_res_", "_self_attention_", "_cross_attention_", "_temporal_conv_", "_temporal_attention_")
+    blocks = [name for name in params if any(kind in name for kind in block_kinds)]
+    assert any("_temporal_conv_" in name for name in blocks) and any("_temporal_attention_" in name for name in blocks)
+    assert sum(eqn.primitive.name == "remat2" for eqn in jaxpr.eqns) == len(blocks)
+
+    def grad_fn(model):
+        return jax.jit(jax.grad(lambda p: jnp.mean(model.apply({"params": p}, **inputs) ** 2)))
+
+    plain = grad_fn(UNet(config))(params)
+    remat = grad_fn(remat_model)(params)
+    for expected, actual in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
+        np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=1e-4, atol=1e-6)
