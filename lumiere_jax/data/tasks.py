@@ -14,6 +14,8 @@ down-samples time, so single frames cannot pass through it; still clips teach ap
 image data without adding a second input format). Registration is idempotent: a name that exists is
 replaced, so calling again with another data_dir or vocabulary takes effect.
 Every task reads with `read_only=True`: a missing dataset is an error, never a download.
+Each pixel task's recipe (source, pixel spec, vocabulary, caption steps) is kept, so `text_cache.py` can
+rebuild it over cached frozen-T5 embeddings as `<task>_cached_text`.
 """
 
 from __future__ import annotations
@@ -74,16 +76,44 @@ def pixel_preprocessors(spec: PixelSpec) -> list:
     return steps
 
 
-def _replace_task(name: str, **kwargs) -> seqio.Task:
+def replace_task(name: str, **kwargs) -> seqio.Task:
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
     return seqio.TaskRegistry.add(name, **kwargs)
 
 
-def _replace_mixture(name: str, tasks, default_rate=None) -> seqio.Mixture:
+def replace_mixture(name: str, tasks, default_rate=None) -> seqio.Mixture:
     if name in seqio.MixtureRegistry.names():
         seqio.MixtureRegistry.remove(name)
     return seqio.MixtureRegistry.add(name, tasks, default_rate=default_rate)
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelTaskRecipe:
+    """How `register_pixel_task` built a task: enough to rebuild it over other stored examples."""
+
+    source: seqio.DataSource
+    spec: PixelSpec
+    vocabulary: seqio.Vocabulary
+    caption_preprocessors: tuple
+    caption_key: str
+    shuffle_buffer_size: int
+
+    @property
+    def modality(self) -> str:
+        return "video" if self.spec.key == "video" or self.spec.as_video else "image"
+
+
+_RECIPES: dict[str, PixelTaskRecipe] = {}
+
+
+def pixel_task_recipe(name: str) -> PixelTaskRecipe:
+    """The recipe of a task registered with `register_pixel_task` (or the helpers below)."""
+    if name not in _RECIPES or name not in seqio.TaskRegistry.names():
+        raise ValueError(
+            f"{name!r} is not a pixel task registered in this process; register it first (e.g. "
+            "register_synthetic_motion_tasks(data_dir) or register_video_folder_task(...))")
+    return _RECIPES[name]
 
 
 def register_pixel_task(
@@ -96,8 +126,9 @@ def register_pixel_task(
     shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER,
 ) -> seqio.Task:
     """Registers (or replaces) a text-to-video / text-to-image task reading `source`."""
-    modality = "video" if spec.key == "video" or spec.as_video else "image"
-    return _replace_task(
+    recipe = PixelTaskRecipe(
+        source, spec, vocabulary, tuple(caption_preprocessors), caption_key, shuffle_buffer_size)
+    task = replace_task(
         name,
         source=source,
         preprocessors=[
@@ -108,13 +139,21 @@ def register_pixel_task(
             *pixel_preprocessors(spec),
             preprocessors.tokenize_caption,
         ],
-        output_features=output_features(vocabulary, modality),
+        output_features=output_features(vocabulary, recipe.modality),
         shuffle_buffer_size=shuffle_buffer_size,
     )
+    _RECIPES[name] = recipe
+    return task
 
 
 def _tfds_source(tfds_name: str, data_dir: str | None) -> seqio.TfdsDataSource:
     return seqio.TfdsDataSource(tfds_name=tfds_name, tfds_data_dir=data_dir, read_only=True)
+
+
+def prepare_synthetic_motion(data_dir: str | None, configs: tuple[str, ...]) -> None:
+    """Builds procedural synthetic_motion configs into `data_dir` when missing (rendered locally, never downloaded)."""
+    for config in configs:
+        tfds.builder(f"synthetic_motion/{config}", data_dir=data_dir).download_and_prepare()
 
 
 def register_synthetic_motion_tasks(
@@ -150,7 +189,7 @@ def register_synthetic_motion_tasks(
             (f"synthetic_motion_{size}", 1.0 - image_rate),
             (f"synthetic_motion_image_{size}_as_video", image_rate)]
     for name, members in mixtures.items():
-        _replace_mixture(name, members)
+        replace_mixture(name, members)
     return [*tasks, *mixtures]
 
 

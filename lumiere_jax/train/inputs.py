@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import gin
-import tensorflow_datasets as tfds
 
 from lumiere_jax.data import masks as masks_lib
 from lumiere_jax.data import pipeline
 from lumiere_jax.data import tasks
+from lumiere_jax.data import text_cache
 from lumiere_jax.data import vocab
-
-
-def prepare_synthetic_motion(data_dir: str | None, configs: tuple[str, ...]) -> None:
-    """Builds procedural synthetic_motion configs into `data_dir` when missing (rendered locally, never downloaded)."""
-    for config in configs:
-        builder = tfds.builder(f"synthetic_motion/{config}", data_dir=data_dir)
-        builder.download_and_prepare()
 
 
 @gin.configurable
@@ -35,6 +28,9 @@ def seqio_iterator(
     conditional: bool = False,
     shuffle: bool = True,
     cache_in_memory: bool = False,
+    text_cache_dir: str | None = None,
+    text_encoder: str | None = None,
+    t5_dir: str | None = None,
 ) -> pipeline.DataIterator:
     """A resumable iterator over `mixture_or_task_name` (the loop's `DatasetFn`).
 
@@ -42,10 +38,20 @@ def seqio_iterator(
     `sentencepiece_model`, or bytes as ByT5 when None); `prepare_configs` (e.g. ("tiny",)) are rendered into
     `data_dir` first if missing. `conditional` adds condition videos and masks (paper 4.2). The
     validation split is read in order, without shuffling, so held-out losses compare across steps.
+    With `text_cache_dir` (gin_configs/data/text_cache.gin) examples and frozen-T5 embeddings come from the
+    cache `python -m lumiere_jax.data.text_cache` built, read as `<name>_cached_text`; it must have been made
+    by the run's encoder: preset `text_encoder` with weights from `t5_dir`, or (None) the random init of
+    `seed`, the run's seed.
     """
-    prepare_synthetic_motion(data_dir, tuple(prepare_configs))
+    tasks.prepare_synthetic_motion(data_dir, tuple(prepare_configs))
     if register_synthetic_motion:
         tasks.register_synthetic_motion_tasks(data_dir, vocab.get_vocabulary(sentencepiece_model))
+    if text_cache_dir:
+        if not text_encoder:
+            raise ValueError("seqio_iterator.text_cache_dir is set but text_encoder is not; bind "
+                             "seqio_iterator.text_encoder = %TEXT_ENCODER (gin_configs/data/text_cache.gin does)")
+        expected = text_cache.EncoderIdentity.create(text_encoder, text_length, t5_dir, seed)
+        mixture_or_task_name = text_cache.register_cached_text(mixture_or_task_name, text_cache_dir, expected, split)
     config = pipeline.InputConfig(
         mixture_or_task_name=mixture_or_task_name, global_batch_size=batch_size * num_shards,
         text_length=text_length, split=split,

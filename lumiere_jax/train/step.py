@@ -114,9 +114,22 @@ def per_example_losses(
 def encode_text(
     adapter: adapter_lib.ModelAdapter, text_encoder_params: Any, batch: dict,
 ) -> tuple[jax.Array, jax.Array]:
-    """Frozen T5 embeddings `[B, L, D]` (zero at padding) and the mask `[B, L]`."""
+    """Frozen T5 embeddings `[B, L, D]` (zero at padding) and the mask `[B, L]`.
+
+    A batch read from a text cache (data/text_cache.py) carries them as `text_embeddings`; the encoder then
+    does not run (Imagen-style precomputed embeddings).
+    """
     mask = batch["text_mask"].astype(bool)
-    embeddings = adapter.text_encoder.encode(text_encoder_params, batch["text_tokens"], mask)
+    if "text_embeddings" in batch:
+        embeddings = batch["text_embeddings"]  # [B, L, D], zero at padding
+        embed_dim = adapter.text_encoder.config.d_model
+        if embeddings.shape[-1] != embed_dim:
+            raise ValueError(
+                f"cached text_embeddings have dimension {embeddings.shape[-1]} but this model's text encoder has "
+                f"d_model={embed_dim}; rebuild the cache with this run's encoder "
+                "(python -m lumiere_jax.data.text_cache)")
+    else:
+        embeddings = adapter.text_encoder.encode(text_encoder_params, batch["text_tokens"], mask)
     return jax.lax.stop_gradient(embeddings), mask
 
 
