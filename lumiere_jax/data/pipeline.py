@@ -3,26 +3,45 @@
 Design: batch k is a pure function of (config, seed, host shard, k). The tf.data graph is
 deterministic (seeded file order, shuffle, mixture sampling and per-example augmentation seeds;
 `deterministic=True` maps), and condition masks draw their randomness from (seed, example index).
-Resuming at step k rebuilds the pipeline and skips k batches, so it sees exactly the batches an
-uninterrupted run would; the cost of the skip grows with k (examples are read and preprocessed,
-then dropped). The iterator state is `{"step": k, ...}`: small, JSON-serialisable, saved beside the
-model checkpoint by the trainer.
+The iterator state is `{"step": k, ...}`: small, JSON-serialisable, saved in the model checkpoint's
+metadata. Two ways to resume at step k, both giving exactly the batches of an uninterrupted run:
+
+* skip: rebuild the pipeline and skip k batches. Always available; its cost grows with k (examples
+  are read and preprocessed, then dropped).
+* snapshot (as T5X saves the tf.data iterator with each checkpoint): `save_snapshot` writes the
+  tf.data iterator with `tf.train.Checkpoint`, `set_state(state, snapshot_dir)` reads it back into a
+  rebuilt graph; the cost does not grow with k. Snapshots are symbolic
+  (`experimental_symbolic_checkpoint`): map, batch, prefetch, enumerate, interleave and mixture
+  sampling save positions and seeds, not elements. A shuffle still saves its buffer: per host,
+  `shuffle_buffer_size` preprocessed examples of every shuffled task (compressed). TFDS's in-memory
+  auto-cache has no symbolic form, so pipelines read without it (it never changes the order);
+  `cache_in_memory` pipelines write explicit snapshots, which also hold the cache and all buffers.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
-from collections.abc import Iterator
+import io
+import json
+import logging
+import os
+import uuid
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from lumiere_jax.data import masks as masks_lib
 from lumiere_jax.data.feature_converter import VideoFeatureConverter
 
 _HOST_SEED_STRIDE = 1_000_003
+_SNAPSHOT_STATE = "state.json"
+_SNAPSHOT_ITERATOR = "iterator"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +76,23 @@ def _provider(name: str) -> seqio.DatasetProviderBase:
             f"no seqio task or mixture named {name!r}; register it first "
             "(e.g. lumiere_jax.data.tasks.register_synthetic_motion_tasks(data_dir))")
     return seqio.get_mixture_or_task(name)
+
+
+@contextlib.contextmanager
+def _tfds_without_autocache():
+    """Builds TFDS reads without their in-memory auto-cache (a CacheDataset: no symbolic checkpoints).
+
+    seqio takes the TFDS ReadConfig only from a process-wide override, so it is set while the datasets
+    are built and put back afterwards.
+    """
+    previous = seqio.utils._TFDS_DATA_READ_CONFIG_OVERRIDE  # noqa: SLF001 -- seqio has no getter
+    read_config = (dataclasses.replace(previous, try_autocache=False) if previous is not None
+                   else tfds.ReadConfig(try_autocache=False))
+    seqio.utils.set_tfds_read_config_override(read_config)
+    try:
+        yield
+    finally:
+        seqio.utils.set_tfds_read_config_override(previous)
 
 
 def _modality(provider: seqio.DatasetProviderBase) -> str:
@@ -99,7 +135,8 @@ def make_dataset(
         kwargs.update(log_mixing_proportions=False)
     elif config.shuffle_buffer_size is not None:
         kwargs.update(shuffle_buffer_size=config.shuffle_buffer_size)
-    dataset = provider.get_dataset(**kwargs)
+    with _tfds_without_autocache():
+        dataset = provider.get_dataset(**kwargs)
     if config.mask_rates is not None:
         if modality != "video":
             raise ValueError(f"{config.mixture_or_task_name} yields images; condition masks need video")
@@ -113,45 +150,142 @@ def make_dataset(
     dataset = dataset.skip(start_step)
     options = tf.data.Options()
     options.deterministic = True
+    options.experimental_symbolic_checkpoint = not config.cache_in_memory
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def snapshot_path(directory: str, shard_index: int, num_shards: int) -> str:
+    """One host's snapshot inside a step's snapshot directory (hosts never write the same path)."""
+    return os.path.join(directory, f"shard_{shard_index:05d}_of_{num_shards:05d}")
 
 
 class DataIterator:
     """Host-local numpy batches with a resumable position.
 
-    `get_state()` -> {"step": batches consumed, "seed": ..., "name": ...}; `set_state(state)` rebuilds
-    the pipeline at that step (and checks that seed and name match this config).
+    `get_state()` -> {"step": batches handed out, "seed": ..., "name": ...}. `set_state(state)` rebuilds
+    the pipeline at that step by skipping (and checks that seed and name match this config);
+    `set_state(state, snapshot_dir)` reads the snapshot `save_snapshot(snapshot_dir)` wrote instead, and
+    falls back to skipping, with a warning, when it is missing or unusable.
     """
 
     def __init__(self, config: InputConfig, start_step: int = 0,
                  shard_index: int | None = None, num_shards: int | None = None):
         self.config = config
-        self._shard = (shard_index, num_shards)
+        self.shard_index = jax.process_index() if shard_index is None else shard_index
+        self.num_shards = jax.process_count() if num_shards is None else num_shards
         self._start(start_step)
 
     def _start(self, step: int) -> None:
         if step < 0:
             raise ValueError(f"start step {step} must be >= 0")
         self.step = step
-        self._iterator: Iterator[dict[str, np.ndarray]] | None = None  # built on first use
+        self._built_at = step  # the graph skips this many batches
+        self._iterator: tf.data.Iterator | None = None  # built on first use
+        self._restored: collections.deque = collections.deque()  # a snapshot's pending batches, served first
+
+    def _tf_iterator(self) -> tf.data.Iterator:
+        if self._iterator is None:
+            self._iterator = iter(self._dataset(self._built_at))
+        return self._iterator
+
+    def _dataset(self, start_step: int) -> tf.data.Dataset:
+        return make_dataset(self.config, start_step, self.shard_index, self.num_shards)
 
     def __iter__(self) -> DataIterator:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        if self._iterator is None:
-            self._iterator = make_dataset(self.config, self.step, *self._shard).as_numpy_iterator()
-        batch = next(self._iterator)
+        if self._restored:
+            batch = self._restored.popleft()
+        else:
+            # Iterated as tensors, not as_numpy_iterator(): only tf.data iterators can be checkpointed.
+            # np.asarray shares the tensor's buffer (`.numpy()` would copy it).
+            batch = {key: np.asarray(value) for key, value in next(self._tf_iterator()).items()}
         self.step += 1
         return batch
 
     def get_state(self) -> dict:
         return {"step": self.step, "seed": self.config.seed, "name": self.config.mixture_or_task_name}
 
-    def set_state(self, state: dict) -> None:
+    def _check_same_config(self, state: Mapping) -> None:
         for key, expected in (("seed", self.config.seed), ("name", self.config.mixture_or_task_name)):
             if key in state and state[key] != expected:
                 raise ValueError(
                     f"iterator state has {key}={state[key]!r} but this pipeline uses {expected!r}; "
                     "restore with the same input config")
+
+    def set_state(self, state: Mapping, snapshot_dir: str | None = None) -> None:
+        self._check_same_config(state)
+        if snapshot_dir is not None:
+            try:
+                self.restore_snapshot(snapshot_dir, state)
+                return
+            except Exception as error:  # noqa: BLE001 -- an unusable snapshot only makes resuming slower
+                logging.warning(
+                    "input snapshot in %s is unusable (%s: %s); resuming the input pipeline by skipping %d "
+                    "batches instead", snapshot_dir, type(error).__name__, str(error)[:300], int(state["step"]))
         self._start(int(state["step"]))
+
+    def _snapshot_identity(self, step: int) -> dict:
+        """What a snapshot must match to be restored: position, input config, host layout, checkpoint kind.
+
+        (Positions alone would restore silently into a graph with, e.g., another batch size.)
+        """
+        config = json.loads(json.dumps(dataclasses.asdict(self.config)))
+        return {**self.get_state(), "step": step, "shard_index": self.shard_index, "num_shards": self.num_shards,
+                "symbolic": not self.config.cache_in_memory, "config": config}
+
+    def save_snapshot(self, directory: str, pending: Sequence[Mapping[str, np.ndarray]] = ()) -> str:
+        """Writes this host's position under `directory` (atomically: temporary directory + rename).
+
+        `pending`: batches already taken from this iterator but not yet used (a prefetch queue), oldest
+        first. They are saved with the snapshot and served first after a restore, so the snapshot
+        resumes at `step - len(pending)`. Returns the host's snapshot path.
+        """
+        batches = [*pending, *self._restored]
+        state = {**self._snapshot_identity(self.step - len(pending)), "built_at": self._built_at,
+                 "pending_batches": len(batches)}
+        path = snapshot_path(directory, self.shard_index, self.num_shards)
+        temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            tf.train.Checkpoint(iterator=self._tf_iterator()).write(os.path.join(temporary, _SNAPSHOT_ITERATOR))
+            for index, batch in enumerate(batches):
+                buffer = io.BytesIO()
+                np.savez(buffer, **batch)
+                with tf.io.gfile.GFile(os.path.join(temporary, f"pending_{index}.npz"), "wb") as file:
+                    file.write(buffer.getvalue())
+            with tf.io.gfile.GFile(os.path.join(temporary, _SNAPSHOT_STATE), "w") as file:
+                file.write(json.dumps(state))
+            if tf.io.gfile.exists(path):
+                tf.io.gfile.rmtree(path)
+            tf.io.gfile.rename(temporary, path)
+        finally:
+            if tf.io.gfile.exists(temporary):
+                tf.io.gfile.rmtree(temporary)
+        return path
+
+    def restore_snapshot(self, directory: str, state: Mapping) -> None:
+        """Resumes at `state["step"]` from this host's snapshot in `directory`.
+
+        Raises if the snapshot is missing, unreadable, or of another step, config or host layout; the
+        iterator is then unchanged.
+        """
+        self._check_same_config(state)
+        path = snapshot_path(directory, self.shard_index, self.num_shards)
+        with tf.io.gfile.GFile(os.path.join(path, _SNAPSHOT_STATE)) as file:
+            saved = json.loads(file.read())
+        expected = self._snapshot_identity(int(state["step"]))
+        differences = {key: (saved.get(key), value) for key, value in expected.items() if saved.get(key) != value}
+        if differences:
+            raise ValueError(
+                f"snapshot {path} is of another position or run ({{key: (saved, expected)}} = {differences})")
+        iterator = iter(self._dataset(saved["built_at"]))
+        tf.train.Checkpoint(iterator=iterator).read(os.path.join(path, _SNAPSHOT_ITERATOR)).assert_consumed()
+        restored = collections.deque()
+        for index in range(saved["pending_batches"]):
+            with tf.io.gfile.GFile(os.path.join(path, f"pending_{index}.npz"), "rb") as file:
+                with np.load(io.BytesIO(file.read())) as arrays:
+                    restored.append({key: arrays[key] for key in arrays.files})
+        self.step, self._built_at = saved["step"], saved["built_at"]
+        self._iterator, self._restored = iterator, restored
+        logging.info("input pipeline resumed at step %d from snapshot %s", self.step, path)

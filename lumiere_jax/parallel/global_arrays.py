@@ -44,14 +44,21 @@ class GlobalBatchIterator:
 
     `get_state()` reports the position of the last batch handed out, not of the prefetched ones, so
     a checkpoint taken after step k resumes at step k. `set_state` drops the prefetched batches.
+    When the local iterator has snapshots (`data.pipeline.DataIterator`), `save_snapshot(directory)`
+    saves it with the prefetched host-local batches, so the snapshot also resumes at step k, and
+    `set_state(state, snapshot_dir)` resumes from one.
     """
 
     def __init__(self, local_iterator, mesh: jax.sharding.Mesh, prefetch: int = 2):
         self._local = local_iterator
         self._mesh = mesh
         self._prefetch = prefetch
-        self._queue: collections.deque = collections.deque()
+        self._queue: collections.deque = collections.deque()  # (global batch, host-local batch, state)
         self._state = local_iterator.get_state()
+
+    @property
+    def supports_snapshots(self) -> bool:
+        return hasattr(self._local, "save_snapshot")
 
     def __iter__(self) -> Iterator[dict[str, jax.Array]]:
         return self
@@ -63,19 +70,30 @@ class GlobalBatchIterator:
             except StopIteration:
                 return
             # The transfer is asynchronous: arrays are queued while the device copies run.
-            self._queue.append((make_global_batch(local_batch, self._mesh), self._local.get_state()))
+            self._queue.append(
+                (make_global_batch(local_batch, self._mesh), local_batch, self._local.get_state()))
 
     def __next__(self) -> dict[str, jax.Array]:
         self._fill()
         if not self._queue:
             raise StopIteration
-        batch, self._state = self._queue.popleft()
+        batch, _, self._state = self._queue.popleft()
         return batch
 
     def get_state(self) -> dict:
         return dict(self._state)
 
-    def set_state(self, state: dict) -> None:
+    def set_state(self, state: dict, snapshot_dir: str | None = None) -> None:
+        """Resumes at `state`; from the snapshot in `snapshot_dir` when given and the local iterator has them."""
         self._queue.clear()
-        self._local.set_state(state)
+        if snapshot_dir is not None and self.supports_snapshots:
+            self._local.set_state(state, snapshot_dir)
+        else:
+            self._local.set_state(state)
         self._state = self._local.get_state()
+
+    def save_snapshot(self, directory: str) -> str:
+        """Writes the local iterator's snapshot at the position of `get_state()`; returns its path."""
+        if not self.supports_snapshots:
+            raise TypeError(f"{type(self._local).__name__} has no save_snapshot; resume it with set_state")
+        return self._local.save_snapshot(directory, pending=[local for _, local, _ in self._queue])

@@ -1,10 +1,12 @@
 """Orbax checkpoints of the train state plus JSON metadata (data-iterator position, model signature).
 
-Layout: `MODEL_DIR/checkpoints/<step>/{state, meta}`. Saves are asynchronous; the last `keep_last` are kept plus
-every step that is a multiple of `keep_every`. Restoring walks back from the newest step: a checkpoint that
-fails to read (truncated, corrupted) is skipped with a warning. A checkpoint written by a different model is
-an error, never skipped. Parameters can also be initialised from another run's checkpoint through a T5X-style
-assignment map (e.g. a T2I checkpoint into the spatial layers of a STUNet).
+Layout: `MODEL_DIR/checkpoints/<step>/{state, meta}`, and the input pipeline's snapshot of the same step (one
+subdirectory per host) in `MODEL_DIR/data_snapshots/<step>/`, kept and deleted in step with the checkpoints.
+Saves are asynchronous; the last `keep_last` are kept plus every step that is a multiple of `keep_every`.
+Restoring walks back from the newest step: a checkpoint that fails to read (truncated, corrupted) is skipped
+with a warning. A checkpoint written by a different model is an error, never skipped. Parameters can also be
+initialised from another run's checkpoint through a T5X-style assignment map (e.g. a T2I checkpoint into the
+spatial layers of a STUNet).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import dataclasses
 import logging
 import os
 import re
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gin
@@ -24,6 +27,7 @@ import orbax.checkpoint as ocp
 from lumiere_jax.train import state as state_lib
 
 CHECKPOINTS_SUBDIR = "checkpoints"
+DATA_SNAPSHOTS_SUBDIR = "data_snapshots"
 
 
 @gin.configurable
@@ -44,6 +48,8 @@ class CheckpointConfig:
       init_use_ema: load the source's EMA weights for its trainable parameters when it has them.
       init_pad_input_channels: a source kernel with fewer input channels (axis -2) than the target is
         zero-padded (paper 4.2: 3 -> 7 channels, new channels start at zero).
+      data_snapshots: save the input pipeline's iterator with each checkpoint, so resuming reads no skipped
+        batches (iterators without snapshots, and unusable snapshots, resume by skipping).
     """
 
     save_every_steps: int = 1000
@@ -54,6 +60,7 @@ class CheckpointConfig:
     assignment_map: Sequence[tuple[str, str | None]] = ()
     init_use_ema: bool = True
     init_pad_input_channels: bool = False
+    data_snapshots: bool = True
 
     def __post_init__(self):
         if self.save_every_steps < 1 or self.keep_last < 1:
@@ -82,6 +89,8 @@ class Checkpointer:
         self.model_name = model_name
         self.signature = signature
         self.directory = os.path.join(os.path.abspath(model_dir), CHECKPOINTS_SUBDIR)
+        self.data_directory = os.path.join(os.path.abspath(model_dir), DATA_SNAPSHOTS_SUBDIR)
+        self._saved_data_snapshots = False  # only a writer prunes (a reader may run beside a training job)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=config.keep_last, keep_period=config.keep_every,
             enable_async_checkpointing=config.async_save, create=True)
@@ -90,24 +99,53 @@ class Checkpointer:
     def should_save(self, step: int) -> bool:
         return step % self.config.save_every_steps == 0
 
-    def save(self, step: int, state: state_lib.TrainState, data_state: Any, params_finite: bool) -> None:
+    def save(self, step: int, state: state_lib.TrainState, data_state: Any, params_finite: bool,
+             save_data_snapshot: Callable[[str], Any] | None = None) -> None:
         """Starts an (async) save of `state` at `step`; refuses to write non-finite parameters.
 
         `params_finite`: whether the state's trainable and EMA parameters are all finite (the train step
-        reports it as the `params_finite` metric).
+        reports it as the `params_finite` metric). `save_data_snapshot(directory)` writes this host's input
+        snapshot for `step` (with `config.data_snapshots`); a failure only warns: resuming would skip instead.
         """
         if not params_finite:
             raise RuntimeError(f"refusing to save step {step}: the parameters contain NaN or Inf")
+        if save_data_snapshot is not None and self.config.data_snapshots:
+            # Written first, so a checkpoint that commits finds its snapshot complete.
+            try:
+                save_data_snapshot(self.data_snapshot_dir(step))
+            except Exception as error:  # noqa: BLE001 -- the checkpoint stays usable without it
+                logging.warning("could not save the input snapshot of step %d (%s: %s); resuming from this "
+                                "checkpoint will skip batches instead", step, type(error).__name__, str(error)[:300])
+            self._saved_data_snapshots = True
         meta = {"step": int(step), "model_name": self.model_name, "signature": self.signature,
                 "data_state": data_state, "nonfinite_total": int(state.nonfinite_total)}
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        if self._saved_data_snapshots:
+            self._prune_data_snapshots(newest=step)
+
+    def data_snapshot_dir(self, step: int) -> str:
+        return os.path.join(self.data_directory, str(step))
+
+    def _prune_data_snapshots(self, newest: int | None = None) -> None:
+        """Deletes the snapshots of steps whose checkpoint Orbax no longer keeps (or never committed).
+
+        Steps from `newest` on are kept: their checkpoint may still be saving. Process 0 deletes for all hosts.
+        """
+        if jax.process_index() != 0 or not os.path.isdir(self.data_directory):
+            return
+        kept = set(self.manager.all_steps())
+        for name in os.listdir(self.data_directory):
+            if name.isdigit() and int(name) not in kept and (newest is None or int(name) < newest):
+                shutil.rmtree(os.path.join(self.data_directory, name), ignore_errors=True)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.wait_until_finished()
+        if self._saved_data_snapshots:
+            self._prune_data_snapshots()
         self.manager.close()
 
     def steps(self) -> list[int]:

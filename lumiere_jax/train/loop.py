@@ -31,7 +31,11 @@ from lumiere_jax.train import step as step_lib
 
 
 class BatchIterator(Protocol):
-    """A deterministic, resumable iterator of per-process batches (numpy; docs/ARCHITECTURE.md 'Batches')."""
+    """A deterministic, resumable iterator of per-process batches (numpy; docs/ARCHITECTURE.md 'Batches').
+
+    It may also have snapshots, as `data.pipeline.DataIterator` does: `save_snapshot(directory, pending)` and
+    `set_state(state, snapshot_dir)`; the loop then saves one with every checkpoint (`CheckpointConfig.data_snapshots`).
+    """
 
     def __next__(self) -> dict[str, np.ndarray]: ...
 
@@ -132,8 +136,10 @@ def train(
         local_batch_size = global_batch_size // num_processes
         train_iterator = global_arrays.GlobalBatchIterator(
             dataset_fn("train", local_batch_size, seed, process, num_processes), mesh)
+        data_snapshots = checkpoint.data_snapshots and train_iterator.supports_snapshots
         if data_state is not None:
-            train_iterator.set_state(data_state)
+            # The snapshot of the restored step, if usable; otherwise the iterator skips to it (exact, slower).
+            train_iterator.set_state(data_state, checkpointer.data_snapshot_dir(start_step) if data_snapshots else None)
 
         first_batch = next(train_iterator)
         batch_shardings = jax.tree.map(lambda leaf: leaf.sharding, first_batch)
@@ -177,7 +183,8 @@ def train(
                 preempted = watcher.should_stop(step)
                 if checkpointer.should_save(step) or step == num_train_steps or preempted:
                     params_finite = bool(jax.device_get(step_metrics["params_finite"]))
-                    checkpointer.save(step, state, train_iterator.get_state(), params_finite)
+                    checkpointer.save(step, state, train_iterator.get_state(), params_finite,
+                                      train_iterator.save_snapshot if data_snapshots else None)
                 if eval_every_steps and step % eval_every_steps == 0:
                     periodic.evaluate(step, state.ema_model_params if use_ema else state.params, text_encoder_params)
                 if sample_every_steps and step % sample_every_steps == 0:

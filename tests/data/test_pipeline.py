@@ -1,6 +1,11 @@
-"""Determinism and resumption: batch k is a pure function of (config, seed, k)."""
+"""Determinism and resumption (by skipping and from snapshots): batch k is a pure function of (config, seed, k)."""
 
+import dataclasses
+import glob
 import json
+import logging
+import os
+import shutil
 
 import jax
 import numpy as np
@@ -68,6 +73,104 @@ def test_global_iterator_state_counts_consumed_batches_not_prefetched(reference_
     resumed = global_arrays.GlobalBatchIterator(pipeline.DataIterator(_CONDITIONAL), mesh)
     resumed.set_state(iterator.get_state())
     _assert_same(reference_batches[2:4], _take(resumed, 2))
+
+
+def _snapshot_state(directory):
+    (path,) = glob.glob(os.path.join(directory, "shard_*"))
+    with open(os.path.join(path, "state.json")) as file:
+        return json.load(file)
+
+
+def _record_builds(monkeypatch):
+    """The start steps of the pipelines built from now on (a snapshot restore must not skip)."""
+    starts = []
+    build = pipeline.make_dataset
+
+    def recording(config, start_step=0, *args, **kwargs):
+        starts.append(start_step)
+        return build(config, start_step, *args, **kwargs)
+    monkeypatch.setattr(pipeline, "make_dataset", recording)
+    return starts
+
+
+def test_snapshot_resumes_at_batch_k_without_skipping(reference_batches, tmp_path, monkeypatch):
+    iterator = pipeline.DataIterator(_CONDITIONAL)
+    _take(iterator, 2)
+    iterator.save_snapshot(str(tmp_path))
+    saved = _snapshot_state(str(tmp_path))
+    assert saved.pop("config")["global_batch_size"] == 4
+    assert saved == {"step": 2, "seed": 11, "name": "synthetic_motion_tiny_joint", "shard_index": 0,
+                     "num_shards": 1, "symbolic": True, "built_at": 0, "pending_batches": 0}
+    assert not glob.glob(str(tmp_path / "*.tmp-*"))
+    starts = _record_builds(monkeypatch)
+    resumed = pipeline.DataIterator(_CONDITIONAL)
+    resumed.set_state(json.loads(json.dumps(iterator.get_state())), str(tmp_path))
+    _assert_same(reference_batches[2:5], _take(resumed, 3))
+    assert starts == [0] and resumed.get_state()["step"] == 5
+
+
+def test_global_iterator_snapshot_keeps_its_prefetched_batches(reference_batches, tmp_path):
+    mesh = mesh_lib.make_mesh((2, 2, 2))
+    iterator = global_arrays.GlobalBatchIterator(pipeline.DataIterator(_CONDITIONAL), mesh, prefetch=2)
+    _take(iterator, 1)  # the host iterator is at 3: batches 1 and 2 wait on device
+    iterator.save_snapshot(str(tmp_path / "first"))
+    assert _snapshot_state(str(tmp_path / "first"))["pending_batches"] == 2
+    resumed = global_arrays.GlobalBatchIterator(pipeline.DataIterator(_CONDITIONAL), mesh)
+    resumed.set_state(iterator.get_state(), str(tmp_path / "first"))
+    resumed.save_snapshot(str(tmp_path / "again"))  # before serving the restored batches: it saves them again
+    _assert_same(reference_batches[1:5], _take(resumed, 4))
+    again = global_arrays.GlobalBatchIterator(pipeline.DataIterator(_CONDITIONAL), mesh)
+    again.set_state({"step": 1, "seed": 11}, str(tmp_path / "again"))
+    _assert_same(reference_batches[1:3], _take(again, 2))
+
+
+def test_unusable_snapshots_fall_back_to_skipping(reference_batches, tmp_path, caplog):
+    # A pipeline resumed by skipping (its graph skips one batch) writes a snapshot at step 3.
+    iterator = pipeline.DataIterator(_CONDITIONAL, start_step=1)
+    _take(iterator, 2)
+    good = str(tmp_path / "good")
+    iterator.save_snapshot(good)
+    assert _snapshot_state(good)["built_at"] == 1
+    state = iterator.get_state()
+    corrupt = str(tmp_path / "corrupt")
+    shutil.copytree(good, corrupt)
+    for path in glob.glob(os.path.join(corrupt, "*", "iterator.data-*")):
+        with open(path, "r+b") as file:
+            file.truncate(os.path.getsize(path) // 2)
+    cases = [(good, state, 3, None), (corrupt, state, 3, "unusable"),
+             (str(tmp_path / "missing"), state, 3, "NotFoundError"),
+             (good, {**state, "step": 2}, 2, "is of another position or run")]
+    for directory, resume_state, step, problem in cases:
+        caplog.clear()
+        resumed = pipeline.DataIterator(_CONDITIONAL)
+        with caplog.at_level(logging.WARNING):
+            resumed.set_state(resume_state, directory)
+        if problem is None:
+            assert "unusable" not in caplog.text
+        else:
+            assert problem in caplog.text and f"by skipping {step} batches instead" in caplog.text
+        _assert_same(reference_batches[step:step + 2], _take(resumed, 2))
+    # Same task, seed and step but another batch size: the saved positions would not mean the same batches.
+    caplog.clear()
+    other = pipeline.DataIterator(dataclasses.replace(_CONDITIONAL, global_batch_size=2))
+    with caplog.at_level(logging.WARNING):
+        other.set_state(state, good)
+    assert "is of another position or run" in caplog.text and "by skipping 3 batches" in caplog.text
+
+
+def test_explicit_snapshot_of_a_cached_image_task(synthetic_data_dir, tmp_path):
+    """In-memory caches have no symbolic checkpoint: the snapshot saves the cache and buffers, still exact."""
+    config = pipeline.InputConfig("synthetic_motion_image_tiny", global_batch_size=4, text_length=8, seed=3,
+                                  cache_in_memory=True)
+    expected = _take(pipeline.DataIterator(config), 4)
+    iterator = pipeline.DataIterator(config)
+    _take(iterator, 2)
+    iterator.save_snapshot(str(tmp_path))
+    assert not _snapshot_state(str(tmp_path))["symbolic"]
+    resumed = pipeline.DataIterator(config)
+    resumed.restore_snapshot(str(tmp_path), iterator.get_state())
+    _assert_same(expected[2:4], _take(resumed, 2))
+    assert expected[0]["image"].shape == (4, 32, 32, 3)
 
 
 def test_hosts_read_disjoint_shards(synthetic_data_dir):

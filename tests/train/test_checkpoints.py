@@ -1,4 +1,5 @@
-"""Checkpoints: retention, restore onto another mesh, corrupted-latest fallback, model mismatch, init-from."""
+"""Checkpoints: retention (input snapshots included), restore onto another mesh, corrupted-latest fallback, model
+mismatch, init-from."""
 
 import glob
 import logging
@@ -44,23 +45,57 @@ def signature():
     return checkpoints_lib.model_signature(params_at(0))
 
 
+def write_data_snapshot(directory):
+    os.makedirs(directory)
+    with open(os.path.join(directory, "shard_00000_of_00001"), "w") as file:
+        file.write(directory)
+
+
+def step_names(directory):
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
 @pytest.fixture(scope="module")
 def saved_run(tmp_path_factory):
-    """Steps 1..5 saved on an 8-device mesh, keeping the last 2 and every 2nd."""
+    """Steps 1..5 saved on an 8-device mesh, keeping the last 2 and every 2nd, each with an input snapshot."""
     model_dir = str(tmp_path_factory.mktemp("ckpt"))
     mesh = mesh_lib.make_mesh((2, 2, 2))
     config = checkpoints_lib.CheckpointConfig(save_every_steps=1, keep_last=2, keep_every=2)
     checkpointer = checkpoints_lib.Checkpointer(model_dir, config, "toy", signature())
     for step in range(1, 6):
-        checkpointer.save(step, make_state(step, mesh), {"index": step}, params_finite=True)
+        checkpointer.save(step, make_state(step, mesh), {"index": step}, params_finite=True,
+                          save_data_snapshot=write_data_snapshot)
     checkpointer.close()
     return model_dir, config
 
 
 def test_keeps_the_last_k_and_every_mth(saved_run):
     model_dir, _ = saved_run
-    steps = sorted(int(name) for name in os.listdir(os.path.join(model_dir, "checkpoints")) if name.isdigit())
-    assert steps == [2, 4, 5]
+    assert step_names(os.path.join(model_dir, "checkpoints")) == [2, 4, 5]
+    # Input snapshots follow the checkpoints' retention.
+    assert step_names(os.path.join(model_dir, "data_snapshots")) == [2, 4, 5]
+    with open(os.path.join(model_dir, "data_snapshots", "4", "shard_00000_of_00001")) as file:
+        assert file.read() == os.path.join(model_dir, "data_snapshots", "4")
+
+
+def test_data_snapshot_failures_only_warn_and_can_be_switched_off(tmp_path, caplog):
+    mesh = mesh_lib.make_mesh((2, 2, 2))
+
+    def failing(directory):
+        raise OSError(f"disk full writing {directory}")
+    checkpointer = checkpoints_lib.Checkpointer(
+        str(tmp_path / "failing"), checkpoints_lib.CheckpointConfig(async_save=False), "toy", signature())
+    with caplog.at_level(logging.WARNING):
+        checkpointer.save(1, make_state(1, mesh), {"index": 1}, params_finite=True, save_data_snapshot=failing)
+    checkpointer.close()
+    assert checkpointer.steps() == [1]
+    assert "could not save the input snapshot of step 1 (OSError: disk full" in caplog.text
+
+    off = checkpoints_lib.Checkpointer(str(tmp_path / "off"), checkpoints_lib.CheckpointConfig(
+        async_save=False, data_snapshots=False), "toy", signature())
+    off.save(1, make_state(1, mesh), {"index": 1}, params_finite=True, save_data_snapshot=write_data_snapshot)
+    off.close()
+    assert off.steps() == [1] and not os.path.exists(tmp_path / "off" / "data_snapshots")
 
 
 def test_restores_latest_onto_a_different_mesh(saved_run):

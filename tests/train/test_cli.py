@@ -81,6 +81,7 @@ def test_resumption_after_sigkill_is_bitwise_exact(straight_run, tmp_path, cli_e
 
     resumed = run_cli(cli_env, killed_dir, synthetic_tiny_dir)
     assert "restored checkpoint at step 4" in resumed.stderr
+    assert "from snapshot" in resumed.stderr  # the data position came from the saved tf.data iterator
     assert checkpoint_steps(killed_dir) == [4, 8]
     expected, actual = restore(straight_dir, 8), restore(killed_dir, 8)
     assert jax.tree.structure(expected) == jax.tree.structure(actual)

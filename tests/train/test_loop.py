@@ -1,6 +1,9 @@
-"""The training loop in process, on the toy model: sharded vs single-device losses, NaN handling, TensorBoard."""
+"""The training loop in process, on the toy model: sharded vs single-device losses, NaN handling, TensorBoard,
+input snapshots saved with the checkpoints."""
 
+import dataclasses
 import glob
+import json
 import os
 
 import jax
@@ -102,6 +105,57 @@ def test_tensorboard_events_have_the_scalars(sharded_run):
     assert "samples" in tags["images"] or any("samples" in tag for tag in tags["tensors"])
     videos = sorted(glob.glob(os.path.join(model_dir, "samples", "*.mp4")))
     assert len(videos) == 3 and all(os.path.getsize(path) > 0 for path in videos)
+
+
+class SnapshotToyIterator(toy.ToyIterator):
+    """A ToyIterator with input snapshots (one JSON file per step) that logs how it resumed."""
+
+    def __init__(self, *args, log, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.log = log
+
+    def save_snapshot(self, directory, pending=()):
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, f"shard_{self.shard}.json")
+        with open(path, "w") as file:
+            json.dump({"index": self.index - len(pending)}, file)
+        return path
+
+    def set_state(self, state, snapshot_dir=None):
+        path = os.path.join(snapshot_dir or "", f"shard_{self.shard}.json")
+        if snapshot_dir is not None and os.path.exists(path):
+            with open(path) as file:
+                self.index = json.load(file)["index"]
+            self.log.append(("snapshot", snapshot_dir, self.index))
+        else:
+            super().set_state(state)
+            self.log.append(("skip", snapshot_dir, self.index))
+
+
+def test_checkpoints_carry_input_snapshots(tmp_path):
+    model_dir, log = str(tmp_path / "run"), []
+    checkpoint = checkpoints_lib.CheckpointConfig(save_every_steps=1, keep_last=2, async_save=True)
+
+    def train(num_steps, **overrides):
+        run(model_dir, (1, 1, 1), 1, num_train_steps=num_steps, log_every_steps=num_steps,
+            checkpoint=dataclasses.replace(checkpoint, **overrides),
+            dataset_fn=lambda *args: SnapshotToyIterator(*args, log=log))
+
+    def snapshots():
+        saved = {}
+        for path in glob.glob(os.path.join(model_dir, "data_snapshots", "*", "shard_0.json")):
+            with open(path) as file:
+                saved[int(os.path.basename(os.path.dirname(path)))] = json.load(file)
+        return saved
+
+    train(4)
+    # Saved at the consumed position (the loop had prefetched two more batches), kept like the checkpoints.
+    assert snapshots() == {3: {"index": 3}, 4: {"index": 4}}
+    train(6)
+    assert log == [("snapshot", os.path.join(model_dir, "data_snapshots", "4"), 4)]
+    assert snapshots() == {5: {"index": 5}, 6: {"index": 6}}
+    train(8, data_snapshots=False)  # switched off: resumes by skipping, writes none
+    assert log[1:] == [("skip", None, 6)] and snapshots() == {5: {"index": 5}, 6: {"index": 6}}
 
 
 def test_batch_not_divisible_by_data_axes(tmp_path):
