@@ -7,6 +7,7 @@ on this CPU-only machine through libtpu (`jax.experimental.topologies`, no TPU n
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import jax
@@ -22,6 +23,9 @@ def target_devices(target: str, topology: str = "") -> list:
     if target == "tpu":
         if not topology:
             raise ValueError("target 'tpu' needs a topology, e.g. --topology v5:2x2x1 (v5p) or v6e:2x4")
+        # No TPU here: skip libtpu's metadata-server lookups (they wait for a server that does not answer).
+        for name, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost")):
+            os.environ.setdefault(name, value)
         from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
         return list(topologies.get_topology_desc(topology, "tpu").devices)
     raise ValueError(f"unknown target {target!r}; choose 'cpu' or 'tpu'")

@@ -7,6 +7,11 @@ batch for the largest memory size is compiled too (when it is at least 1) to che
 
     python -m benchmarks.memory_scaling                                  # paper, 8/64/256 devices, batch 1, 2
     python -m benchmarks.memory_scaling --meshes 8,64,256 --batches 1 --slope-from 8 --parallel 3
+    # TPU topologies compiled on this CPU through libtpu (see BENCHMARKS.md): v5p with 8, 64 and 256 chips
+    PYTHONPATH=.bench_libtpu python -m benchmarks.memory_scaling --topologies v5:2x2x2,v5:4x4x4,v5:4x8x8
+
+XLA:CPU's buffer assignment ignores rematerialisation (its scheduler is free to move recomputation next to the
+original forward pass), so CPU-backend temporaries over-state memory; the TPU compile is the realistic figure.
 """
 
 from __future__ import annotations
@@ -24,12 +29,18 @@ GIB = 2.0 ** 30
 MEMORY_SIZES_GIB = (16.0, 95.0)
 
 
-def compile_point(size: str, frames: int, devices: int, batch: int, remat: str, workdir: str) -> dict:
-    """One cost_report subprocess for the STUNet variant; returns its figures."""
+def topology_chips(topology: str) -> int:
+    """Chips in a TPU topology name: "v5:4x4x4" -> 64."""
+    return math.prod(int(size) for size in topology.split(":")[-1].split("x"))
+
+
+def compile_point(size: str, frames: int, devices: int, batch: int, remat: str, workdir: str,
+                  topology: str = "") -> dict:
+    """One cost_report subprocess for the STUNet variant (fake CPU devices, or a TPU topology); its figures."""
     path = os.path.join(workdir, f"n{devices}_b{batch}.json")
+    where = ["--target", "tpu", "--topology", topology] if topology else ["--devices", str(devices)]
     command = [sys.executable, "-m", "benchmarks.cost_report", "--size", size, "--frames", str(frames),
-               "--devices", str(devices), "--batch-per-device", str(batch), "--variants", "stunet",
-               "--remat", remat, "--json", path]
+               *where, "--batch-per-device", str(batch), "--variants", "stunet", "--remat", remat, "--json", path]
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stderr[-3000:]}")
@@ -61,6 +72,8 @@ def main() -> None:
     parser.add_argument("--size", default="paper")
     parser.add_argument("--frames", type=int, default=0, help="override the preset's frame count (0: preset)")
     parser.add_argument("--meshes", default="8,64,256", help="fake device counts (all on the fsdp axis)")
+    parser.add_argument("--topologies", default="",
+                        help="TPU topologies instead of fake CPU meshes, e.g. v5:2x2x2,v5:4x4x4 (needs libtpu)")
     parser.add_argument("--batches", default="1,2", help="per-device batches compiled on every mesh")
     parser.add_argument("--slope-from", type=int, default=0,
                         help="also compile batch 2 on this mesh only and use its per-clip slope everywhere")
@@ -69,7 +82,9 @@ def main() -> None:
     parser.add_argument("--verify", action="store_true", help="compile the predicted batch for the largest size")
     parser.add_argument("--json", default="", help="also write all figures to this JSON file")
     args = parser.parse_args()
-    meshes = [int(count) for count in args.meshes.split(",")]
+    topologies = args.topologies.split(",") if args.topologies else []
+    meshes = [topology_chips(name) for name in topologies] or [int(count) for count in args.meshes.split(",")]
+    topology_of = dict(zip(meshes, topologies))
     batches = [int(batch) for batch in args.batches.split(",")]
     jobs = [(devices, batch) for devices in meshes for batch in batches]
     if args.slope_from and (args.slope_from, 2) not in jobs:
@@ -77,7 +92,8 @@ def main() -> None:
 
     workdir = tempfile.mkdtemp(prefix="memory_scaling_")
     with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-        futures = {job: pool.submit(compile_point, args.size, args.frames, *job, args.remat, workdir) for job in jobs}
+        futures = {job: pool.submit(compile_point, args.size, args.frames, *job, args.remat, workdir,
+                                    topology_of.get(job[0], "")) for job in jobs}
         results = {job: future.result() for job, future in futures.items()}
 
     slope = None
@@ -104,7 +120,8 @@ def main() -> None:
                   "batches above are optimistic; trust only measured points", flush=True)
         if args.verify and fits[max(MEMORY_SIZES_GIB)] >= 1 and devices == meshes[-1]:
             batch = fits[max(MEMORY_SIZES_GIB)]
-            row = compile_point(args.size, args.frames, devices, batch, args.remat, workdir)
+            row = compile_point(args.size, args.frames, devices, batch, args.remat, workdir,
+                                topology_of.get(devices, ""))
             summary["verified"] = {"devices": devices, "batch": batch, "peak_bytes": row["peak_bytes"]}
             print(f"{devices:4d} devices, batch/device {batch}: peak {row['peak_bytes'] / GIB:.2f} GiB "
                   f"[measured, verifies the {max(MEMORY_SIZES_GIB):g} GiB prediction]")

@@ -41,6 +41,11 @@ def test_fit_recovers_a_linear_peak_and_the_batch_that_fits():
         memory_scaling.fit({1: points[1]})
 
 
+def test_topology_chips_counts_the_slice():
+    assert [memory_scaling.topology_chips(name) for name in ("v5:2x2x2", "v5:4x4x4", "v5:4x8x8", "v6e:2x4")] == [
+        8, 64, 256, 8]
+
+
 def test_variant_config_overrides():
     config = cost_report.variant_config("tiny", "fixed", frames=12, remat="on")
     assert config.temporal.resampling is False and config.temporal.num_frames == 12 and config.remat
