@@ -113,9 +113,6 @@ def train(
     tx = optimizer_lib.make_optimizer(optimizer, learning_rate)
     use_ema = optimizer.ema_decay > 0
 
-    load_text_encoder = text_encoder_params_fn or jax.jit(adapter.text_encoder.init)
-    text_encoder_params = load_text_encoder(text_rng)
-
     # Parameters and state are built outside the mesh context: placement comes from explicit out_shardings,
     # and flax's init-time constraints (e.g. DenseGeneral's reshaped kernels) need no mesh.
     state, data_state, checkpointer, state_shardings = _build_state(
@@ -128,10 +125,6 @@ def train(
         return TrainResult(state=state, history=[], preempted=False)
 
     with mesh_lib.mesh_context(mesh, rules):
-        text_encoder_shardings = partitioning.shardings_from_logical(
-            adapter.text_encoder.logical_partition_specs(), mesh, rules, text_encoder_params)
-        text_encoder_params = jax.device_put(text_encoder_params, text_encoder_shardings)
-
         num_processes, process = jax.process_count(), jax.process_index()
         local_batch_size = global_batch_size // num_processes
         train_iterator = global_arrays.GlobalBatchIterator(
@@ -143,6 +136,8 @@ def train(
 
         first_batch = next(train_iterator)
         batch_shardings = jax.tree.map(lambda leaf: leaf.sharding, first_batch)
+        text_encoder_params, text_encoder_shardings = _load_text_encoder(
+            adapter, text_encoder_params_fn, text_rng, mesh, rules, cached="text_embeddings" in first_batch)
         replicated = partitioning.replicated(mesh)
         train_step = jax.jit(
             step_lib.bind_train_step(adapter, diffusion, tx, learning_rate, optimizer.ema_decay if use_ema else 0.0),
@@ -200,6 +195,16 @@ def train(
             writer.flush()
             writer.close()
     return TrainResult(state=state, history=history, preempted=preempted)
+
+
+def _load_text_encoder(adapter, text_encoder_params_fn, rng, mesh, rules, cached: bool):
+    """The frozen T5 on the mesh and its shardings; nothing when batches carry cached text embeddings."""
+    if cached:
+        logging.info("batches carry cached text embeddings: the text encoder is not loaded")
+        return {}, {}
+    params = (text_encoder_params_fn or jax.jit(adapter.text_encoder.init))(rng)
+    shardings = partitioning.shardings_from_logical(adapter.text_encoder.logical_partition_specs(), mesh, rules, params)
+    return jax.device_put(params, shardings), shardings
 
 
 def _count(params: Any) -> int:

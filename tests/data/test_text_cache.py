@@ -216,3 +216,26 @@ def test_shards_are_dealt_round_robin_and_empty_ones_dropped(tmp_path):
     contents = [[bytes(record) for record in tf.data.TFRecordDataset(str(tmp_path / name)).as_numpy_iterator()]
                 for name in names]
     assert contents == [[b"record 0"], [b"record 1"], [b"record 2"]]
+
+
+def test_trainer_from_cache_never_loads_the_text_encoder(cache_dir, tmp_path, classic_threefry):
+    """A run on cached embeddings trains, evaluates and checkpoints without the T5 weights: the loader given
+    to the trainer fails if it is called."""
+    from lumiere_jax.train import loop  # noqa: PLC0415 -- only this test needs the trainer
+
+    def refuse_to_load(rng):
+        raise AssertionError("the text encoder was loaded although batches carry cached embeddings")
+
+    def dataset_fn(split, batch_size, seed, shard_index, num_shards):
+        del split  # only the validation split is cached here
+        return inputs.seqio_iterator(SPLIT, batch_size, seed, shard_index, num_shards, mixture_or_task_name=TASK,
+                                     text_length=TEXT_LENGTH, register_synthetic_motion=False,
+                                     text_cache_dir=cache_dir, text_encoder="tiny")
+
+    adapter = stages.unet_adapter(stage="t2i", size="tiny", text_encoder_preset="tiny", text_length=TEXT_LENGTH)
+    result = loop.train(model_dir=str(tmp_path / "run"), adapter=adapter, dataset_fn=dataset_fn, num_train_steps=3,
+                        global_batch_size=4, num_devices=1, text_encoder_params_fn=refuse_to_load,
+                        log_every_steps=1, eval_every_steps=3)
+    assert int(result.state.step) == 3
+    losses = [value for entry in result.history for key, value in entry.items() if key.endswith("loss")]
+    assert len(losses) >= 3 and np.all(np.isfinite(losses))
