@@ -48,6 +48,7 @@ from lumiere_jax.data import tasks as tasks_lib
 from lumiere_jax.data import vocab as vocab_lib
 from lumiere_jax.models import t5
 from lumiere_jax.models import t5_weights
+from lumiere_jax.models.t5 import training_text_encoder_rng
 
 if __name__ == "__main__":
     # Run as `python -m`: hand over to the module imported under its own name, so that gin registers
@@ -122,11 +123,6 @@ def check_manifest(manifest: dict, expected: EncoderIdentity, directory: str) ->
 
 
 # --- building ------------------------------------------------------------------------------------------------
-
-
-def training_text_encoder_rng(train_seed: int) -> jax.Array:
-    """The key `train.loop.train` draws a random (untrained) text encoder with: the second split of its seed."""
-    return jax.random.split(jax.random.key(train_seed), 5)[1]
 
 
 def load_text_encoder(

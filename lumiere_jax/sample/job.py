@@ -25,6 +25,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from lumiere_jax.data import vocab
+from lumiere_jax.models.t5 import training_text_encoder_rng
 from lumiere_jax.parallel import mesh as mesh_lib
 from lumiere_jax.parallel import partitioning
 from lumiere_jax.sample import applications
@@ -50,11 +51,6 @@ class JobResult:
     generated: int
     seconds: float
     sidecars: list[dict]
-
-
-def training_text_encoder_rng(train_seed: int) -> jax.Array:
-    """The key `train.loop.train` draws a randomly initialised text encoder with (its second split)."""
-    return jax.random.split(jax.random.key(train_seed), 5)[1]
 
 
 def load_text_encoder_params(adapter: adapter_lib.ModelAdapter, text_encoder_params_fn: Callable | None,

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from lumiere_jax.models import t5
 from lumiere_jax.parallel import global_arrays
 from lumiere_jax.parallel import mesh as mesh_lib
 from lumiere_jax.parallel import partitioning
@@ -108,7 +109,8 @@ def train(
                          "processes")
     rules = tuple(logical_axis_rules)
     logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size, jax.process_count())
-    init_rng, text_rng, step_rng, eval_rng, sample_rng = jax.random.split(jax.random.key(seed), 5)
+    init_rng, _, step_rng, eval_rng, sample_rng = jax.random.split(jax.random.key(seed), 5)
+    text_rng = t5.training_text_encoder_rng(seed)  # sampling and the text cache rebuild the encoder from it
     learning_rate = optimizer_lib.learning_rate_schedule(optimizer, num_train_steps)
     tx = optimizer_lib.make_optimizer(optimizer, learning_rate)
     use_ema = optimizer.ema_decay > 0
