@@ -1,0 +1,49 @@
+"""Run directories written by earlier versions keep loading (tests/fixtures/make_legacy_run.py made the fixture).
+
+The fixture is a tiny STUNet run from main at 1c15e15 (checkpoint at step 2, its data snapshot and configs).
+Resuming it with today's trainer and the same command line must restore exactly the saved parameters.
+"""
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from lumiere_jax.train import state as state_lib
+
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
+LEGACY_RUN = os.path.join(FIXTURES, "legacy_run_1c15e15")
+
+
+def _legacy_command_line():
+    spec = importlib.util.spec_from_file_location("make_legacy_run", os.path.join(FIXTURES, "make_legacy_run.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.TINY + module.VIDEO
+
+
+def test_resuming_a_legacy_run_restores_its_parameters(tmp_path, cli_env, synthetic_tiny_dir):
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(LEGACY_RUN, model_dir)
+    reference = np.load(os.path.join(LEGACY_RUN, "reference.npz"))
+    # Learning rate 0: the step after the restore leaves trainable and frozen parameters as restored.
+    result = subprocess.run(
+        [sys.executable, "-m", "lumiere_jax.train", "--gin_file=runs/train_stunet.gin",
+         "--gin_file=runs/cpu_tiny.gin", *_legacy_command_line(), f"--gin.MODEL_DIR='{model_dir}'",
+         "--gin.T2I_CHECKPOINT='/nonexistent/t2i'", f"--gin.seqio_iterator.data_dir='{synthetic_tiny_dir}'",
+         "--gin.train.num_train_steps=3", "--gin.CheckpointConfig.save_every_steps=1",
+         "--gin.OptimizerConfig.learning_rate=0.0"],
+        env=cli_env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "restored checkpoint at step 2" in result.stderr, result.stderr[-3000:]
+    state = ocp.PyTreeCheckpointer().restore(os.path.join(model_dir, "checkpoints", "3", "state"))
+    assert int(state["step"]) == 3 == int(reference["step"]) + 1
+    for group in ("trainable_params", "frozen_params"):
+        values = state_lib.flatten(state[group])
+        assert values, group
+        for path, value in values.items():
+            np.testing.assert_array_equal(np.asarray(value), reference[f"{group}/{path}"], err_msg=path)
