@@ -38,7 +38,7 @@ main() {
       *) parse_run_flag "${arg}" || unknown_flag "${arg}" ;;
     esac
   done
-  [[ -n "${MESH_GIN}" ]] || MESH_GIN="gin_configs/mesh/cpu.gin"
+  use_default_mesh_gin cpu "CPU runs"
   validate_run_flags
 
   local default_xla_flags=()

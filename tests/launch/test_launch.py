@@ -1,14 +1,17 @@
 """Launch scripts: dry runs print complete commands, real runs execute exactly those, and quoting survives.
 
-Each test copies launch/ and requirements.txt into a scratch repo with stand-in gin files, so the scripts are
-checked on their own. Dry runs get an empty PATH (they must need nothing but bash, in particular no gcloud);
-real runs get fake gcloud / xpk / python / pip / nvidia-smi executables that record their argv, and the fake
-gcloud runs the remote command of `tpu-vm ssh` in a local shell, so both quoting levels are exercised for real.
+Most tests copy launch/, requirements.txt and the real gin_configs/ into a scratch repo (real runs write
+tarballs and staging folders there); the default-mesh and README tests read the repository itself. Dry runs get
+an empty PATH (they must need nothing but bash, in particular no gcloud); real runs get fake gcloud / xpk /
+python / pip / nvidia-smi executables that record their argv, and the fake gcloud runs the remote command of
+`tpu-vm ssh` in a local shell, so both quoting levels are exercised for real. The relaunch loop runs against a
+fake gcloud written in bash that plays a slice being preempted.
 """
 
 import json
 import os
 import pathlib
+import re
 import shlex
 import shutil
 import subprocess
@@ -20,17 +23,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BASH = shutil.which("bash") or "/bin/bash"
-GIN_FILES = (
-    "gin_configs/runs/train_stunet.gin",
-    "gin_configs/runs/sample_stunet.gin",
-    "gin_configs/runs/extra.gin",
-    "gin_configs/mesh/tpu_v5p_128.gin",
-    "gin_configs/mesh/tpu_v5p_128x2.gin",
-    "gin_configs/mesh/gpu_1.gin",
-    "gin_configs/mesh/gpu_2.gin",
-    "gin_configs/mesh/gpu_8.gin",
-    "gin_configs/mesh/cpu.gin",
-)
+MESH_FILES = sorted(path.name for path in (REPO / "gin_configs" / "mesh").glob("*.gin"))
 TPU = ("--project=my-proj", "--zone=us-east5-a", "--name=lumiere-v5p")
 TRAIN = (
     "--run_gin=gin_configs/runs/train_stunet.gin",
@@ -43,7 +36,7 @@ EXPECTED_TRAIN_ARGS = [
     "-m",
     "lumiere_jax.train",
     "--gin_file=gin_configs/runs/train_stunet.gin",
-    "--gin_file=gin_configs/mesh/tpu_v5p_128.gin",
+    "--gin_file=gin_configs/mesh/v5p-128.gin",
     "--gin.MODEL_DIR='gs://b/x'",
     "--gin.TRAIN_STEPS=10",
     "--gin.PROMPT='a cat'",
@@ -75,9 +68,7 @@ def repo(tmp_path):
     root = tmp_path / "repo"
     shutil.copytree(REPO / "launch", root / "launch")
     shutil.copy(REPO / "requirements.txt", root / "requirements.txt")
-    for name in GIN_FILES:
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text("# stand-in\n")
+    shutil.copytree(REPO / "gin_configs", root / "gin_configs")
     (root / "lumiere_jax").mkdir()
     (root / "lumiere_jax" / "__init__.py").write_text("")
     for junk in (".venv/bin/python", ".git/HEAD", "lumiere_jax/__pycache__/x.pyc"):
@@ -168,13 +159,13 @@ def test_tpu_vm_launch_dry_run_prints_create_copy_install_and_run(repo, queued):
         assert describe[:6] == ["gcloud", "compute", "tpus", "queued-resources", "describe", "lumiere-v5p"]
         commands = commands[2:]
     else:
-        assert create[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "create"]
+        assert create[:6] == ["gcloud", "alpha", "compute", "tpus", "tpu-vm", "create"]
         assert flag(create, "version") == "v2-alpha-tpuv5"
         commands = commands[1:]
-    assert create[6 if queued else 5] == "lumiere-v5p"
+    assert create[6] == "lumiere-v5p"
     assert flag(create, "accelerator-type") == "v5p-128"
     assert (flag(create, "zone"), flag(create, "project")) == ("us-east5-a", "my-proj")
-    assert "--spot" in create
+    assert "--spot" in create and "--autocheckpoint-enabled" in create  # both are on gcloud's alpha track
 
     tar, scp, install, start = commands
     assert tar[:2] == ["tar", "-czf"] and tar[tar.index("-C") + 1] == str(repo)
@@ -204,17 +195,36 @@ def test_tpu_vm_launch_dry_run_prints_create_copy_install_and_run(repo, queued):
     }
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected_track", "expected_options"),
+    [
+        (("--queued", "--best_effort"), ["gcloud", "alpha"], ["--best-effort", "--autocheckpoint-enabled"]),
+        (("--queued", "--reserved", "--no_autocheckpoint"), ["gcloud"], ["--reserved"]),
+        (("--reserved",), ["gcloud", "alpha"], ["--reserved", "--autocheckpoint-enabled"]),
+        (("--no_autocheckpoint",), ["gcloud"], []),
+    ],
+)
+def test_tpu_vm_create_capacity_and_autocheckpoint_flags(repo, flags, expected_track, expected_options):
+    """--autocheckpoint-enabled and --best-effort exist only on gcloud's alpha track; without them the GA one."""
+    create = dry_run(repo, "tpu_vm.sh", "create", *TPU, "--accelerator_type=v6e-256", *flags)[0]
+    track = create[: create.index("compute")]
+    assert track == expected_track
+    options = [arg for arg in create if arg.startswith("--") and "=" not in arg and arg != "--quiet"]
+    assert options == expected_options
+    assert create[len(track) + 2] == ("queued-resources" if "--queued" in flags else "tpu-vm")
+
+
 def test_tpu_vm_sample_dry_run_runs_the_sampler_with_its_shard(repo):
     (start,) = dry_run(repo, "tpu_vm.sh", "run", *TPU, "--accelerator_type=v5p-128", "--mode=sample",
-                       "--run_gin=gin_configs/runs/sample_stunet.gin", "--gin_file=gin_configs/runs/extra.gin",
+                       "--run_gin=gin_configs/sample/base.gin", "--gin_file=gin_configs/sample/ssr.gin",
                        "--model_dir=gs://b/x", "--shard_id=1", "--num_shards=4", "--env=LIBTPU_INIT_ARGS=--a=1 --b",
                        "--gin_search_paths=.,gin_configs")
     assert flag(start, "worker") == "all"
     words = shlex.split(flag(start, "command"))
     assert python_args(words, "~/lumiere_venv/bin/python") == [
         "-m", "lumiere_jax.sample", "--gin_search_paths=.,gin_configs",
-        "--gin_file=gin_configs/runs/sample_stunet.gin", "--gin_file=gin_configs/mesh/tpu_v5p_128.gin",
-        "--gin_file=gin_configs/runs/extra.gin", "--gin.MODEL_DIR='gs://b/x'", "--shard_id=1", "--num_shards=4",
+        "--gin_file=gin_configs/sample/base.gin", "--gin_file=gin_configs/mesh/v5p-128.gin",
+        "--gin_file=gin_configs/sample/ssr.gin", "--gin.MODEL_DIR='gs://b/x'", "--shard_id=1", "--num_shards=4",
     ]  # fmt: skip
     assert words[words.index("env") + 1] == "LIBTPU_INIT_ARGS=--a=1 --b"
     assert ">~/lumiere_jax_logs/sample.log" in words
@@ -317,7 +327,7 @@ def test_gpu_dry_run_sets_xla_flags_mesh_and_pinned_cuda_jax(repo):
         "TF_FORCE_GPU_ALLOW_GROWTH": "true",
         "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7",
     }
-    expected = [arg.replace("tpu_v5p_128", "gpu_8") for arg in EXPECTED_TRAIN_ARGS]
+    expected = [arg.replace("v5p-128", "gpu_8") for arg in EXPECTED_TRAIN_ARGS]
     assert python_args(job, f"{repo}/.venv/bin/python") == expected
 
 
@@ -326,13 +336,14 @@ def test_gpu_run_counts_gpus_with_nvidia_smi_and_executes_the_job(repo):
     venv = repo.parent / "venv"
     (venv / "bin").mkdir(parents=True)
     shutil.copy(bin_dir / "python", venv / "bin" / "python")
-    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (UUID: a)'\necho 'GPU 1: NVIDIA H100'\n")
+    gpus = "".join(f"echo 'GPU {index}: NVIDIA H100 (UUID: GPU-{index})'\n" for index in range(8))
+    (bin_dir / "nvidia-smi").write_text(f"#!/bin/sh\n{gpus}")
     (bin_dir / "nvidia-smi").chmod(0o755)
     result = launch(repo, "gpu.sh", f"--venv={venv}", *TRAIN, "--xla_flags=--xla_dump_to=/tmp/d",
                     path=f"{bin_dir}:/usr/bin:/bin", env={"RECORD_DIR": str(repo.parent)})
     assert result.returncode == 0, result.stderr
     (call,) = recorded_calls(repo)
-    assert call["argv"] == [arg.replace("tpu_v5p_128", "gpu_2") for arg in EXPECTED_TRAIN_ARGS]
+    assert call["argv"] == [arg.replace("v5p-128", "gpu_8") for arg in EXPECTED_TRAIN_ARGS]
     assert call["cwd"] == str(repo)
     assert call["env"]["XLA_FLAGS"] == "--xla_gpu_enable_latency_hiding_scheduler=true --xla_dump_to=/tmp/d"
     assert call["env"]["CUDA_VISIBLE_DEVICES"] is None  # all GPUs: nothing hidden
@@ -343,12 +354,12 @@ def test_cpu_run_fakes_devices_and_runs_from_the_repo_root(repo):
     venv = repo.parent / "venv"
     (venv / "bin").mkdir(parents=True)
     shutil.copy(bin_dir / "python", venv / "bin" / "python")
-    args = (f"--venv={venv}", "--fake_devices=8", "--mode=sample", "--run_gin=gin_configs/runs/sample_stunet.gin",
+    args = (f"--venv={venv}", "--fake_devices=8", "--mode=sample", "--run_gin=gin_configs/sample/base.gin",
             "--model_dir=/tmp/out dir")
     result = launch(repo, "cpu.sh", *args, path="/usr/bin:/bin", env={"RECORD_DIR": str(repo.parent)})
     assert result.returncode == 0, result.stderr
     (call,) = recorded_calls(repo)
-    expected = ["-m", "lumiere_jax.sample", "--gin_file=gin_configs/runs/sample_stunet.gin",
+    expected = ["-m", "lumiere_jax.sample", "--gin_file=gin_configs/sample/base.gin",
                 "--gin_file=gin_configs/mesh/cpu.gin", "--gin.MODEL_DIR='/tmp/out dir'"]
     assert call["argv"] == expected and call["cwd"] == str(repo)
     assert call["env"]["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"
@@ -386,13 +397,19 @@ def test_xpk_create_dry_run_stages_the_code_and_installs_before_the_job(repo):
     assert python_args(shlex.split(job), "python") == EXPECTED_TRAIN_ARGS
 
 
-def test_xpk_multislice_with_a_prebuilt_image_runs_the_job_directly(repo):
+def test_xpk_multislice_with_a_prebuilt_image_runs_the_job_directly_with_restarts(repo):
     (create,) = dry_run(repo, "xpk.sh", "create", *XPK, "--tpu_type=v5p-128", "--num_slices=2", *TRAIN,
-                        "--mesh_gin=gin_configs/mesh/tpu_v5p_128x2.gin", "--docker_image=gcr.io/p/lumiere:1")
+                        "--docker_image=gcr.io/p/lumiere:1", "--max_restarts=3", "--restart_on_user_code_failure",
+                        "--termination_grace_period_s=300")
     assert flag(create, "num-slices") == "2" and flag(create, "docker-image") == "gcr.io/p/lumiere:1"
     assert not [arg for arg in create if arg.startswith(("--script-dir", "--base-docker-image"))]
-    expected = [arg.replace("tpu_v5p_128", "tpu_v5p_128x2") for arg in EXPECTED_TRAIN_ARGS]
+    expected = [arg.replace("v5p-128", "v5p-128x2") for arg in EXPECTED_TRAIN_ARGS]  # the two-slice mesh file
     assert shlex.split(flag(create, "command")) == ["python", *expected]
+    assert flag(create, "max-restarts") == "3" and flag(create, "termination-grace-period-seconds") == "300"
+    assert "--restart-on-user-code-failure" in create
+    (single,) = dry_run(repo, "xpk.sh", "create", *XPK, "--tpu_type=v5p-128", *TRAIN, "--docker_image=i")
+    assert flag(single, "max-restarts") == "0"
+    assert not [arg for arg in single if arg.startswith(("--restart-on", "--termination-grace"))]
 
 
 def test_xpk_create_runs_the_printed_command_and_the_container_command_reaches_python(repo):
@@ -438,7 +455,14 @@ def test_xpk_create_runs_the_printed_command_and_the_container_command_reaches_p
         ("xpk.sh", ("create", *XPK[:2], XPK[3], "--tpu_type=v5p-128", *TRAIN), "--cluster"),
         ("xpk.sh", ("create", *XPK[:3], "--tpu_type=v5p-128", *TRAIN), "--workload"),
         ("xpk.sh", ("create", *XPK, *TRAIN), "--tpu_type"),
-        ("xpk.sh", ("create", *XPK, "--tpu_type=v5p-128", "--num_slices=2", *TRAIN), "--mesh_gin"),
+        ("xpk.sh", ("create", *XPK, "--tpu_type=v5p-128", "--num_slices=3", *TRAIN), "--mesh_gin"),
+        ("xpk.sh", ("create", *XPK, "--tpu_type=v5p-128", "--restart_on_user_code_failure", *TRAIN), "--max_restarts"),
+        ("xpk.sh", ("create", *XPK, "--tpu_type=v5p-128", "--max_restarts=-1", *TRAIN), "--max_restarts"),
+        ("tpu_vm.sh", ("run", *TPU, "--accelerator_type=v5p-128", "--max_restarts=2", *TRAIN), "launch"),
+        ("tpu_vm.sh", ("create", *TPU, "--accelerator_type=v5p-128", "--best_effort"), "--queued"),
+        ("tpu_vm.sh", ("create", *TPU, "--accelerator_type=v5p-128", "--spot", "--reserved"), "exclude"),
+        ("tpu_vm.sh", ("launch", *TPU, "--accelerator_type=v5p-128", "--max_restarts=x", *TRAIN), "--max_restarts"),
+        ("tpu_vm.sh", ("launch", *TPU, "--accelerator_type=v5p-128", "--poll_seconds=1m", *TRAIN), "--poll_seconds"),
     ],
 )
 def test_missing_or_bad_flags_fail_and_name_the_flag(repo, script, args, message):
