@@ -491,3 +491,199 @@ def test_launch_scripts_pass_shellcheck_and_are_executable():
     assert result.returncode == 0, result.stdout + result.stderr
     for script in scripts:
         assert os.access(script, os.X_OK) == (script.name != "common.sh"), script
+
+
+def real_dry_run(script, *args):
+    """A dry run of the repository's own launcher against its own gin_configs/ (a dry run writes nothing)."""
+    result = subprocess.run([BASH, str(REPO / "launch" / script), *args, "--dry_run"], capture_output=True, text=True,
+                            env={"PATH": "/nonexistent", "HOME": "/nonexistent", "TMPDIR": "/nonexistent"}, timeout=60)
+    return result
+
+
+def mesh_gin_of(result):
+    assert result.returncode == 0, result.stderr
+    meshes = {word for line in result.stdout.splitlines() if not line.startswith("#") for word in shlex.split(line)
+              if word.startswith("--gin_file=gin_configs/mesh/")}
+    if not meshes:  # tpu_vm.sh and xpk.sh carry the job as one --command=... word
+        meshes = {word for line in result.stdout.splitlines() if not line.startswith("#") for command in
+                  shlex.split(line) if command.startswith("--command=") for word in shlex.split(command)
+                  if word.startswith("--gin_file=gin_configs/mesh/")}
+    assert len(meshes) == 1, result.stdout
+    return meshes.pop().removeprefix("--gin_file=")
+
+
+def default_mesh_users(mesh_file):
+    """The launcher invocations whose default mesh file is `mesh_file`, from its name alone."""
+    job = ("--run_gin=gin_configs/runs/train_stunet.gin", "--model_dir=gs://b/x")
+    name = mesh_file.removesuffix(".gin")
+    if name == "cpu":
+        return [("cpu.sh", *job)]
+    if match := re.fullmatch(r"gpu_([1-9][0-9]*)", name):
+        return [("gpu.sh", f"--num_gpus={match[1]}", *job)]
+    if match := re.fullmatch(r"(v[0-9]+[a-z]*-[0-9]+)x([2-9]|[1-9][0-9]+)", name):
+        return [("xpk.sh", "create", *XPK, f"--tpu_type={match[1]}", f"--num_slices={match[2]}", *job)]
+    if re.fullmatch(r"v[0-9]+[a-z]*-[0-9]+", name):
+        return [("tpu_vm.sh", "run", *TPU, f"--accelerator_type={name}", *job),
+                ("xpk.sh", "create", *XPK, f"--tpu_type={name}", *job)]
+    raise AssertionError(f"gin_configs/mesh/{mesh_file} follows none of the launchers' default names "
+                         "(cpu, gpu_<N>, <tpu type>, <tpu type>x<slices>): no launcher can pick it by default")
+
+
+def test_the_real_mesh_folder_has_the_files_the_readme_names():
+    assert {"cpu.gin", "gpu_1.gin", "gpu_8.gin", "v4-8.gin", "v5p-128.gin", "v5p-128x2.gin", "v6e-256.gin"} <= set(
+        MESH_FILES)
+
+
+@pytest.mark.parametrize("mesh_file", MESH_FILES)
+def test_every_real_mesh_file_is_the_default_of_some_launcher(mesh_file):
+    for script, *args in default_mesh_users(mesh_file):
+        assert mesh_gin_of(real_dry_run(script, *args)) == f"gin_configs/mesh/{mesh_file}", (script, args)
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "missing"),
+    [
+        ("tpu_vm.sh", ("run", *TPU, "--accelerator_type=v5p-256"), "v5p-256.gin"),
+        ("tpu_vm.sh", ("launch", *TPU, "--accelerator_type=v5litepod-16", "--max_restarts=2"), "v5litepod-16.gin"),
+        ("xpk.sh", ("create", *XPK, "--tpu_type=v6e-8"), "v6e-8.gin"),
+        ("xpk.sh", ("create", *XPK, "--tpu_type=v5p-128", "--num_slices=4"), "v5p-128x4.gin"),
+        ("gpu.sh", ("--num_gpus=4",), "gpu_4.gin"),
+    ],
+)
+def test_a_missing_default_mesh_file_fails_before_anything_runs_and_lists_the_real_ones(script, args, missing):
+    result = real_dry_run(script, *args, "--run_gin=gin_configs/runs/train_stunet.gin", "--model_dir=gs://b/x")
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"no default mesh file gin_configs/mesh/{missing}" in result.stderr
+    assert "--mesh_gin=gin_configs/mesh/" in result.stderr
+    listed = result.stderr.split("gin_configs/mesh/ has:", 1)[1].split(". Pass", 1)[0].split()
+    assert listed == MESH_FILES
+    explicit = real_dry_run(script, *args, "--run_gin=gin_configs/runs/train_stunet.gin", "--model_dir=gs://b/x",
+                            "--mesh_gin=gin_configs/mesh/v5p-128.gin")
+    assert mesh_gin_of(explicit) == "gin_configs/mesh/v5p-128.gin"
+
+
+# A gcloud that plays a TPU slice: create makes it usable ($USABLE), delete removes it, describe prints its state
+# (or fails when there is none), and each training job (`tpu-vm ssh ... --command=...lumiere_jax.train...`)
+# takes the next line of $FAKE_DIR/jobs, "EXIT_STATUS [STATE]": it exits with that status after moving the
+# slice to STATE (a preemption; "-": the slice is gone) when one is given. Every call is logged, one line
+# each, in $FAKE_DIR/calls.
+FAKE_SLICE_GCLOUD = r"""#!/usr/bin/env bash
+set -u
+printf '%s\n' "$*" >>"${FAKE_DIR}/calls"
+verb=""
+for word in "$@"; do
+  case "${word}" in create | delete | describe | scp | ssh) verb="${word}" && break ;; esac
+done
+case "${verb}" in
+  create) printf '%s\n' "${USABLE}" >"${FAKE_DIR}/state" ;;
+  delete) rm -f "${FAKE_DIR}/state" ;;
+  describe)
+    [[ -f "${FAKE_DIR}/state" ]] || { echo "ERROR: (gcloud) NOT_FOUND" >&2 && exit 1; }
+    cat "${FAKE_DIR}/state"
+    ;;
+  ssh)
+    if [[ "$*" == *lumiere_jax.train* ]]; then
+      read -r status state <"${FAKE_DIR}/jobs"
+      sed -i 1d "${FAKE_DIR}/jobs"
+      case "${state:-}" in
+        "") ;;
+        -) rm -f "${FAKE_DIR}/state" ;;
+        *) printf '%s\n' "${state}" >"${FAKE_DIR}/state" ;;
+      esac
+      exit "${status}"
+    fi
+    ;;
+esac
+exit 0
+"""
+
+
+def relaunch(repo, jobs, *flags, queued=True):
+    """Runs `tpu_vm.sh launch --max_restarts=...` against the fake slice; returns (result, calls as word lists)."""
+    fake_dir = repo.parent / "fake_slice"
+    bin_dir = fake_dir / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "gcloud").write_text(FAKE_SLICE_GCLOUD)
+    (bin_dir / "gcloud").chmod(0o755)
+    (fake_dir / "jobs").write_text("".join(f"{job}\n" for job in jobs))
+    args = ("launch", *TPU, "--accelerator_type=v5p-128", "--spot", "--poll_seconds=0", *TRAIN,
+            "--env=LIBTPU_INIT_ARGS=--x=1", *(["--queued"] if queued else []), *flags)
+    env = {"FAKE_DIR": str(fake_dir), "USABLE": "ACTIVE" if queued else "READY"}
+    result = launch(repo, "tpu_vm.sh", *args, path=f"{bin_dir}:/usr/bin:/bin", env=env)
+    calls = [line.split() for line in (fake_dir / "calls").read_text().splitlines()]
+    return result, calls
+
+
+def verbs(calls):
+    """Each gcloud call as 'resource verb' (e.g. 'queued-resources create'), jobs as 'job'."""
+    names = []
+    for words in calls:
+        verb = next(word for word in words if word in ("create", "delete", "describe", "scp", "ssh"))
+        resource = words[words.index(verb) - 1]
+        is_job = verb == "ssh" and any("lumiere_jax.train" in word for word in words)
+        names.append("job" if is_job else f"{resource} {verb}")
+    return names
+
+
+SET_UP = ["tpu-vm scp", "tpu-vm ssh"]
+
+
+def test_relaunch_loop_recreates_a_preempted_queued_slice_and_reruns_the_same_job(repo):
+    result, calls = relaunch(repo, ["255 SUSPENDED", "0"], "--max_restarts=3")
+    assert result.returncode == 0, result.stderr
+    create_and_wait = ["queued-resources create", "queued-resources describe"]
+    assert verbs(calls) == [
+        *create_and_wait, *SET_UP, "job", "queued-resources describe",  # the job drops: the slice is SUSPENDED
+        "queued-resources delete", *create_and_wait, *SET_UP, "job", "queued-resources describe",  # ACTIVE: done
+    ]
+    creates = [words for words in calls if "create" in words]
+    assert creates[0] == creates[1] and "--autocheckpoint-enabled" in creates[0] and "--spot" in creates[0]
+    jobs = [words for name, words in zip(verbs(calls), calls, strict=True) if name == "job"]
+    assert jobs[0] == jobs[1] and "LIBTPU_INIT_ARGS=--x=1" in jobs[0]
+    assert "nohup" not in jobs[0]  # attached: the loop needs the job's end
+    assert result.stderr.count("+ tar -czf") == 1  # the relaunch ships the code the job started with
+    assert "relaunch 1 of 3" in result.stderr
+
+
+def test_relaunch_loop_reruns_a_job_that_saved_and_exited_0_on_preemption(repo):
+    """The trainer exits 0 after its preemption checkpoint: only the slice's state tells that it must go on."""
+    result, calls = relaunch(repo, ["0 PREEMPTED", "0"], "--max_restarts=1", queued=False)
+    assert result.returncode == 0, result.stderr
+    create = ["tpu-vm create"]
+    assert verbs(calls) == [*create, *SET_UP, "job", "tpu-vm describe",
+                            "tpu-vm delete", *create, *SET_UP, "job", "tpu-vm describe"]
+
+
+def test_relaunch_loop_recreates_a_slice_that_is_gone_without_deleting_it(repo):
+    result, calls = relaunch(repo, ["255 -", "0"], "--max_restarts=1", queued=False)
+    assert result.returncode == 0, result.stderr
+    assert verbs(calls) == ["tpu-vm create", *SET_UP, "job", "tpu-vm describe",  # describe fails: NOT_FOUND
+                            "tpu-vm create", *SET_UP, "job", "tpu-vm describe"]
+    assert "is NOT_FOUND" in result.stderr
+
+
+def test_relaunch_loop_stops_when_the_restarts_are_used_up(repo):
+    result, calls = relaunch(repo, ["255 SUSPENDED", "255 FAILED", "255 SUSPENDED", "0"], "--max_restarts=2")
+    assert result.returncode == 1
+    assert verbs(calls).count("job") == 3 and verbs(calls).count("queued-resources create") == 3
+    assert verbs(calls)[-1] == "queued-resources describe"
+    assert "--max_restarts=2 relaunches are used up" in result.stderr and "SUSPENDED" in result.stderr
+
+
+def test_relaunch_loop_does_not_rerun_a_job_that_failed_on_a_healthy_slice(repo):
+    result, calls = relaunch(repo, ["3", "0"], "--max_restarts=5")
+    assert result.returncode == 3
+    assert verbs(calls)[-2:] == ["job", "queued-resources describe"] and verbs(calls).count("job") == 1
+    assert "delete" not in " ".join(verbs(calls))
+    assert "exit status 3" in result.stderr and "not a preemption" in result.stderr
+
+
+def test_relaunch_loop_dry_run_prints_the_loop(repo):
+    lines = launch(repo, "tpu_vm.sh", "launch", *TPU, "--accelerator_type=v5p-128", "--queued", "--max_restarts=2",
+                   *TRAIN, "--dry_run").stdout.splitlines()
+    commands = [shlex.split(line) for line in lines if not line.startswith("#")]
+    assert verbs(commands[:2]) == ["queued-resources create", "queued-resources describe"]
+    assert commands[2][0] == "tar"
+    assert verbs(commands[3:]) == [*SET_UP, "job", "queued-resources describe", "queued-resources delete",
+                                   "queued-resources create", "queued-resources describe", *SET_UP]
+    assert any("--max_restarts=2" in line for line in lines if line.startswith("#"))
