@@ -45,9 +45,10 @@ ${RUN_FLAGS_HELP}
 
 --model_dir must be on gs://: all workers share checkpoints and summaries there.
 
-Example:
+Example (spot capacity through the queue, relaunched after up to 20 preemptions):
   launch/tpu_vm.sh launch --project=my-proj --zone=us-east5-a --name=lumiere-v5p --accelerator_type=v5p-128 \\
-    --run_gin=gin_configs/runs/train_stunet.gin --model_dir=gs://my-bucket/lumiere/stunet --gin.TRAIN_STEPS=500000
+    --queued --spot --max_restarts=20 --run_gin=gin_configs/runs/train_stunet.gin \\
+    --model_dir=gs://my-bucket/lumiere/stunet --gin.T2I_CHECKPOINT="'gs://my-bucket/lumiere/t2i'"
 EOF
 }
 

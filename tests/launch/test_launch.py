@@ -687,3 +687,13 @@ def test_relaunch_loop_dry_run_prints_the_loop(repo):
     assert verbs(commands[3:]) == [*SET_UP, "job", "queued-resources describe", "queued-resources delete",
                                    "queued-resources create", "queued-resources describe", *SET_UP]
     assert any("--max_restarts=2" in line for line in lines if line.startswith("#"))
+
+
+def test_every_path_the_launch_readme_names_exists():
+    text = (REPO / "launch" / "README.md").read_text()
+    named = set(re.findall(r"(?<![\w/.-])((?:gin_configs|launch|tests)/[\w./<-]*[\w/])", text))
+    # A name pattern such as gin_configs/mesh/gpu_<N>.gin: its folder must exist.
+    paths = {path.split("<")[0].rsplit("/", 1)[0] if "<" in path else path for path in named}
+    missing = sorted(path for path in paths if not (REPO / path).exists())
+    assert not missing, f"launch/README.md names paths that do not exist: {missing}"
+    assert {"gin_configs/runs/train_stunet.gin", "gin_configs/sample/base.gin", "launch/tpu_vm.sh"} <= paths
