@@ -293,12 +293,12 @@ relaunch_loop() {
         return 0
       fi
       printf 'error: %s %s\n' "the job failed with exit status ${status} while slice ${NAME} is ${state}: not a" \
-        "preemption, so it is not rerun. Fix the cause, then rerun (training resumes from --model_dir)." >&2
+        "preemption, so it is not rerun. Fix the cause, then 'setup' and 'run' again on the same slice." >&2
       return "${status}"
     fi
     if ((restarts == MAX_RESTARTS)); then
       printf 'error: %s %s\n' "slice ${NAME} is ${state} (preempted) and the --max_restarts=${MAX_RESTARTS} relaunches" \
-        "are used up; rerun the command to go on (training resumes from --model_dir)." >&2
+        "are used up. To go on (from --model_dir): 'delete' what is left of the slice, then 'launch' again." >&2
       return 1
     fi
     restarts=$((restarts + 1))

@@ -230,6 +230,26 @@ def test_tpu_vm_sample_dry_run_runs_the_sampler_with_its_shard(repo):
     assert ">~/lumiere_jax_logs/sample.log" in words
 
 
+@pytest.mark.parametrize("script", ["tpu_vm.sh", "xpk.sh"])
+def test_sampling_needs_no_model_dir_but_training_does(repo, script):
+    target = ("run", *TPU, "--accelerator_type=v5p-128") if script == "tpu_vm.sh" else (
+        "create", *XPK, "--tpu_type=v5p-128", "--docker_image=i")
+    sample = ("--mode=sample", "--run_gin=gin_configs/sample/base.gin", "--gin.BASE_CHECKPOINT='gs://b/stunet'",
+              "--gin.PROMPTS='gs://b/prompts.jsonl'", "--gin.OUTPUT_DIR='gs://b/videos'")
+    job = dry_run(repo, script, *target, *sample)[-1]
+    words = shlex.split(flag(job, "command"))
+    args = words[next(i for i, word in enumerate(words) if word.endswith("python")) + 1:]
+    assert args[:2] == ["-m", "lumiere_jax.sample"] and not [arg for arg in args if "MODEL_DIR" in arg]
+    assert gin_macros(args) == {"BASE_CHECKPOINT": "gs://b/stunet", "PROMPTS": "gs://b/prompts.jsonl",
+                                "OUTPUT_DIR": "gs://b/videos"}
+    for model_dir, message in ((None, "missing required flag --model_dir"), ("/local/run", "must be a gs:// path")):
+        train = ("--run_gin=gin_configs/runs/train_stunet.gin", *([f"--model_dir={model_dir}"] if model_dir else []))
+        result = launch(repo, script, *target, *train, "--dry_run")
+        assert result.returncode == 2 and message in result.stderr and result.stdout == ""
+    result = launch(repo, script, *target, *sample, "--model_dir=/local/run", "--dry_run")
+    assert result.returncode == 2 and "must be a gs:// path" in result.stderr
+
+
 @pytest.mark.parametrize("foreground", [True, False])
 def test_tpu_vm_run_executes_the_printed_commands_and_the_job_gets_its_arguments(repo, foreground):
     """Real run with a fake gcloud that runs the remote command in a local shell with a fake python."""
