@@ -297,7 +297,7 @@ relaunch_loop() {
       return "${status}"
     fi
     if ((restarts == MAX_RESTARTS)); then
-      printf 'error: %s %s\n' "slice ${NAME} is ${state} (preempted) and the --max_restarts=${MAX_RESTARTS} relaunches" \
+      printf 'error: %s %s\n' "slice ${NAME} is ${state} (preempted) and --max_restarts=${MAX_RESTARTS} relaunches" \
         "are used up. To go on (from --model_dir): 'delete' what is left of the slice, then 'launch' again." >&2
       return 1
     fi
