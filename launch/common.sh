@@ -24,11 +24,13 @@ ENV_VARS=()
 IFS= read -r -d '' RUN_FLAGS_HELP <<'EOF' || true
 Run flags (all launchers; flags take the form --name=value):
   --mode=train|sample      entry point: python -m lumiere_jax.train or lumiere_jax.sample (default train)
-  --run_gin=PATH           gin run file, relative to the repo root (e.g. gin_configs/runs/train_stunet.gin)
+  --run_gin=PATH           gin run file, relative to the repo root (e.g. gin_configs/runs/train_stunet.gin,
+                           gin_configs/sample/base.gin to sample)
   --mesh_gin=PATH          gin mesh file (each launcher has a default, see above)
   --gin_file=PATH          extra gin file after the run and mesh files (repeatable)
   --gin_search_paths=DIRS  passed through to the entry point (comma-separated, relative to the repo root)
-  --model_dir=DIR          passed as --gin.MODEL_DIR="'DIR'" (required)
+  --model_dir=DIR          passed as --gin.MODEL_DIR="'DIR'" (required to train; sampling reads
+                           --gin.BASE_CHECKPOINT and writes --gin.OUTPUT_DIR instead)
   --gin.KEY=VALUE          gin override passed through unchanged (repeatable); quote gin strings as
                            --gin.KEY="'text'"
   --shard_id=N --num_shards=M   sample mode only: which part of the prompt list this job samples
@@ -139,12 +141,33 @@ repo_relative_gin() {
   printf '%s' "${path}"
 }
 
+# Sets MESH_GIN, unless --mesh_gin gave one, to the mesh file named after the hardware:
+# gin_configs/mesh/<hardware>.gin with <hardware> as gcloud/XPK name it (v5p-128, v5p-128x2 for two slices) or
+# gpu_<N>, cpu. A missing default stops the launcher with the list of mesh files that do exist.
+use_default_mesh_gin() {
+  local hardware="$1" described_as="$2"
+  [[ -z "${MESH_GIN}" ]] || return 0
+  local path="gin_configs/mesh/${hardware}.gin"
+  if [[ ! -f "${REPO_ROOT}/${path}" ]]; then
+    local available=() file
+    for file in "${REPO_ROOT}"/gin_configs/mesh/*.gin; do
+      [[ ! -f "${file}" ]] || available+=("${file##*/}")
+    done
+    ((${#available[@]} > 0)) || available=("(none)")
+    die "no default mesh file ${path} for ${described_as}; gin_configs/mesh/ has: ${available[*]}." \
+      "Pass --mesh_gin=gin_configs/mesh/FILE.gin, or add ${path}"
+  fi
+  MESH_GIN="${path}"
+}
+
 # Checks the shared run flags once the launcher has set its default mesh file.
 validate_run_flags() {
   [[ "${MODE}" == train || "${MODE}" == sample ]] || die "--mode=${MODE} must be train or sample"
   require run_gin "${RUN_GIN}" gin_configs/runs/train_stunet.gin
   require mesh_gin "${MESH_GIN}" gin_configs/mesh/cpu.gin
-  require model_dir "${MODEL_DIR}" gs://my-bucket/lumiere/stunet
+  # Training writes its checkpoints to MODEL_DIR; the sampler reads --gin.BASE_CHECKPOINT and writes
+  # --gin.OUTPUT_DIR instead, so there MODEL_DIR is passed only when given.
+  [[ "${MODE}" == sample ]] || require model_dir "${MODEL_DIR}" gs://my-bucket/lumiere/stunet
   RUN_GIN="$(repo_relative_gin run_gin "${RUN_GIN}")" || exit 2
   MESH_GIN="$(repo_relative_gin mesh_gin "${MESH_GIN}")" || exit 2
   local i
@@ -160,6 +183,9 @@ validate_run_flags() {
 }
 
 require_gcs_model_dir() {
+  if [[ -z "${MODEL_DIR}" && "${MODE}" == sample ]]; then
+    return 0
+  fi
   [[ "${MODEL_DIR}" == gs://?* ]] \
     || die "--model_dir=${MODEL_DIR} must be a gs:// path: every host of a pod reads and writes the same checkpoints"
 }
@@ -175,7 +201,8 @@ build_entry_args() {
   for gin_file in "${EXTRA_GIN_FILES[@]}"; do
     ENTRY_ARGS+=("--gin_file=${gin_file}")
   done
-  ENTRY_ARGS+=("--gin.MODEL_DIR='${MODEL_DIR}'" "${GIN_OVERRIDES[@]}")
+  [[ -z "${MODEL_DIR}" ]] || ENTRY_ARGS+=("--gin.MODEL_DIR='${MODEL_DIR}'")
+  ENTRY_ARGS+=("${GIN_OVERRIDES[@]}")
   if [[ -n "${NUM_SHARDS}" ]]; then
     ENTRY_ARGS+=("--shard_id=${SHARD_ID}" "--num_shards=${NUM_SHARDS}")
   fi

@@ -20,8 +20,8 @@ ${RUN_FLAGS_HELP}
 The mesh file defaults to gin_configs/mesh/cpu.gin. JAX_PLATFORMS=cpu is set.
 
 Example:
-  launch/cpu.sh --fake_devices=8 --run_gin=gin_configs/runs/train_stunet.gin --model_dir=/tmp/lumiere/stunet \\
-    --gin.TRAIN_STEPS=20
+  launch/cpu.sh --fake_devices=4 --run_gin=gin_configs/runs/pretrain_t2i.gin --gin_file=gin_configs/runs/cpu_tiny.gin \\
+    --model_dir=/tmp/lumiere/t2i --gin.train.num_train_steps=20
 EOF
 }
 
@@ -38,7 +38,7 @@ main() {
       *) parse_run_flag "${arg}" || unknown_flag "${arg}" ;;
     esac
   done
-  [[ -n "${MESH_GIN}" ]] || MESH_GIN="gin_configs/mesh/cpu.gin"
+  use_default_mesh_gin cpu "CPU runs"
   validate_run_flags
 
   local default_xla_flags=()

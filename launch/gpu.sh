@@ -10,7 +10,8 @@ usage() {
 Usage: launch/gpu.sh [flags]
 
 GPU flags:
-  --num_gpus=N        GPUs to use (default: all that nvidia-smi lists); picks gin_configs/mesh/gpu_<N>.gin and,
+  --num_gpus=N        GPUs to use (default: all that nvidia-smi lists); picks gin_configs/mesh/gpu_<N>.gin
+                      (which must exist; else pass --mesh_gin) and,
                       when given, sets CUDA_VISIBLE_DEVICES=0,...,N-1 (unless it is already set)
   --install           create/update the venv: requirements.txt + jax[cuda12] at requirements.txt's jax version
   --venv=PATH         virtualenv to install into and run from (default: <repo>/.venv)
@@ -47,7 +48,7 @@ main() {
   else
     NUM_GPUS="$(count_gpus)"
   fi
-  [[ -n "${MESH_GIN}" ]] || MESH_GIN="gin_configs/mesh/gpu_${NUM_GPUS}.gin"
+  use_default_mesh_gin "gpu_${NUM_GPUS}" "${NUM_GPUS} GPU(s)"
   validate_run_flags
 
   if ((INSTALL)); then

@@ -19,17 +19,22 @@ XPK flags:
   --cluster=CLUSTER          XPK cluster (created beforehand with xpk cluster create) (required)
   --workload=NAME            workload name: lowercase letters, digits and '-' (required)
   --tpu_type=TYPE            slice type, e.g. v5p-128 (required by create)
-  --num_slices=N             slices joined over the data-center network (default 1); with N > 1 pass a
-                             --mesh_gin whose mesh has a slice axis
+  --num_slices=N             slices joined over the data-center network (default 1); the mesh needs an
+                             axis over the slices (the default <type>x<N>.gin has one)
   --base_docker_image=IMAGE  image xpk adds the code to (default python:3.11); packages are installed at start
   --docker_image=IMAGE       prebuilt image holding this repo (as its working directory) and its packages:
                              nothing is copied or installed, the job starts right away
   --priority=PRIORITY        very-low|low|medium|high|very-high (default medium)
-  --max_restarts=N           JobSet restarts after a failure (default 0); restarts resume from --model_dir
+  --max_restarts=N           JobSet restarts after a failure (default 0): a preempted or failed node, or a job
+                             killed by SIGTERM (exit status 143); each restart resumes from --model_dir
+  --restart_on_user_code_failure  also restart when the job itself exits non-zero (XPK otherwise reports a
+                             crashed job as finished); each crash uses up one of --max_restarts
+  --termination_grace_period_s=S  seconds a pod has after SIGTERM (XPK's default: 30) to save a checkpoint
 
 ${RUN_FLAGS_HELP}
 
-The mesh file defaults to gin_configs/mesh/tpu_<type>.gin (one slice). --model_dir must be on gs://.
+The mesh file defaults to gin_configs/mesh/<type>.gin for one slice (e.g. v5p-128.gin) and
+gin_configs/mesh/<type>x<N>.gin for N slices (e.g. v5p-128x2.gin). --model_dir must be on gs://.
 
 Example:
   launch/xpk.sh create --project=my-proj --zone=us-east5-a --cluster=lumiere --workload=stunet-1 \\
@@ -47,7 +52,7 @@ main() {
   esac
 
   PROJECT="" ZONE="" CLUSTER="" WORKLOAD="" TPU_TYPE="" NUM_SLICES=1 BASE_DOCKER_IMAGE="python:3.11"
-  DOCKER_IMAGE="" PRIORITY="medium" MAX_RESTARTS=0
+  DOCKER_IMAGE="" PRIORITY="medium" MAX_RESTARTS=0 RESTART_ON_USER_CODE_FAILURE=0 GRACE_PERIOD_S=""
   local arg
   for arg in "$@"; do
     case "${arg}" in
@@ -62,6 +67,8 @@ main() {
       --docker_image=*) DOCKER_IMAGE="${arg#*=}" ;;
       --priority=*) PRIORITY="${arg#*=}" ;;
       --max_restarts=*) MAX_RESTARTS="${arg#*=}" ;;
+      --restart_on_user_code_failure) RESTART_ON_USER_CODE_FAILURE=1 ;;
+      --termination_grace_period_s=*) GRACE_PERIOD_S="${arg#*=}" ;;
       *) parse_run_flag "${arg}" || unknown_flag "${arg}" ;;
     esac
   done
@@ -85,13 +92,20 @@ validate_create_flags() {
   [[ "${TPU_TYPE}" =~ ^v[0-9]+[a-z]*-[0-9]+$ ]] || die "--tpu_type=${TPU_TYPE} is not a TPU type like v5p-128"
   [[ "${NUM_SLICES}" =~ ^[1-9][0-9]*$ ]] || die "--num_slices=${NUM_SLICES} must be a positive integer"
   [[ "${MAX_RESTARTS}" =~ ^[0-9]+$ ]] || die "--max_restarts=${MAX_RESTARTS} must be a non-negative integer"
+  if ((RESTART_ON_USER_CODE_FAILURE && MAX_RESTARTS == 0)); then
+    die "--restart_on_user_code_failure needs --max_restarts=N with N > 0"
+  fi
+  [[ -z "${GRACE_PERIOD_S}" || "${GRACE_PERIOD_S}" =~ ^[0-9]+$ ]] \
+    || die "--termination_grace_period_s=${GRACE_PERIOD_S} must be a number of seconds"
   case "${PRIORITY}" in
     very-low | low | medium | high | very-high) ;;
     *) die "--priority=${PRIORITY} must be one of very-low, low, medium, high, very-high" ;;
   esac
-  if [[ -z "${MESH_GIN}" ]]; then
-    ((NUM_SLICES == 1)) || die "--num_slices=${NUM_SLICES} needs --mesh_gin=PATH: a mesh with an axis over slices"
-    MESH_GIN="gin_configs/mesh/tpu_${TPU_TYPE//-/_}.gin"
+  if ((NUM_SLICES == 1)); then
+    use_default_mesh_gin "${TPU_TYPE}" "--tpu_type=${TPU_TYPE}"
+  else
+    # A multi-slice mesh needs an axis over the slices (dcn_mesh_shape): its own file, <type>x<slices>.gin.
+    use_default_mesh_gin "${TPU_TYPE}x${NUM_SLICES}" "--tpu_type=${TPU_TYPE} --num_slices=${NUM_SLICES}"
   fi
   validate_run_flags
   require_gcs_model_dir
@@ -120,13 +134,15 @@ create_workload() {
     install_tpu="pip install -q -r requirements.txt $(shell_quote "jax[tpu]==${jax_version}")"
     job="${install_tpu} && pip install -q --no-deps -e . && ${job}"
   fi
+  local restart_flags=("--max-restarts=${MAX_RESTARTS}")
+  ((RESTART_ON_USER_CODE_FAILURE == 0)) || restart_flags+=(--restart-on-user-code-failure)
+  [[ -z "${GRACE_PERIOD_S}" ]] || restart_flags+=("--termination-grace-period-seconds=${GRACE_PERIOD_S}")
   local env_flags=() env_var
   for env_var in "${ENV_VARS[@]}"; do
     env_flags+=("--env=${env_var}")
   done
   run xpk workload create "${XPK_TARGET[@]}" "--tpu-type=${TPU_TYPE}" "--num-slices=${NUM_SLICES}" \
-    "${image_flags[@]}" "--priority=${PRIORITY}" "--max-restarts=${MAX_RESTARTS}" "${env_flags[@]}" \
-    "--command=${job}"
+    "${image_flags[@]}" "--priority=${PRIORITY}" "${restart_flags[@]}" "${env_flags[@]}" "--command=${job}"
 }
 
 main "$@"
