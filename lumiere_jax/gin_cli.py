@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import gin
 
+from lumiere_jax.parallel import runtime
+
 GIN_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
 
 
@@ -29,6 +31,7 @@ def argument_parser(prog: str, description: str, epilog: str) -> argparse.Argume
     parser.add_argument("--gin_search_paths", action="append", default=[],
                         help="comma-separated directories searched for gin files and includes (repeatable)")
     parser.add_argument("--gin_bindings", action="append", default=[], help="raw gin binding line (repeatable)")
+    runtime.add_flags(parser)
     return parser
 
 

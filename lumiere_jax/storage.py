@@ -195,6 +195,18 @@ def sync_file(local_path: str, destination: str | os.PathLike) -> None:
         write_bytes_atomic(destination, file.read())
 
 
+def move_directory(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """Moves a directory tree: a rename on a local disk; on an object store a copy of each object, then a delete
+    of the source (the destination is complete before anything is deleted)."""
+    if not is_uri(source) and not is_uri(destination):
+        os.makedirs(os.path.dirname(normalize(destination)), exist_ok=True)
+        os.replace(normalize(source), normalize(destination))
+        return
+    for relative in _relative_files(source):
+        as_path(join(source, relative)).copy(as_path(join(destination, relative)), overwrite=True)
+    remove(source)
+
+
 def copy_tree(source: str | os.PathLike, destination: str | os.PathLike) -> None:
     """Copies a directory tree between any two locations (no commit marker; see `upload_directory`)."""
     if not is_uri(source) and not is_uri(destination):

@@ -23,11 +23,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import io
 import json
 import logging
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -36,6 +34,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from lumiere_jax import storage
 from lumiere_jax.data import masks as masks_lib
 from lumiere_jax.data.feature_converter import VideoFeatureConverter
 
@@ -156,7 +155,7 @@ def make_dataset(
 
 def snapshot_path(directory: str, shard_index: int, num_shards: int) -> str:
     """One host's snapshot inside a step's snapshot directory (hosts never write the same path)."""
-    return os.path.join(directory, f"shard_{shard_index:05d}_of_{num_shards:05d}")
+    return storage.join(directory, f"shard_{shard_index:05d}_of_{num_shards:05d}")
 
 
 class DataIterator:
@@ -214,11 +213,11 @@ class DataIterator:
                     f"iterator state has {key}={state[key]!r} but this pipeline uses {expected!r}; "
                     "restore with the same input config")
 
-    def set_state(self, state: Mapping, snapshot_dir: str | None = None) -> None:
+    def set_state(self, state: Mapping, snapshot_dir: str | None = None, require_commit: bool = True) -> None:
         self._check_same_config(state)
         if snapshot_dir is not None:
             try:
-                self.restore_snapshot(snapshot_dir, state)
+                self.restore_snapshot(snapshot_dir, state, require_commit)
                 return
             except Exception as error:  # noqa: BLE001 -- an unusable snapshot only makes resuming slower
                 logging.warning(
@@ -236,55 +235,50 @@ class DataIterator:
                 "symbolic": not self.config.cache_in_memory, "config": config}
 
     def save_snapshot(self, directory: str, pending: Sequence[Mapping[str, np.ndarray]] = ()) -> str:
-        """Writes this host's position under `directory` (atomically: temporary directory + rename).
+        """Writes this host's position under `directory` (local or `gs://`); returns the host's snapshot path.
 
         `pending`: batches already taken from this iterator but not yet used (a prefetch queue), oldest
         first. They are saved with the snapshot and served first after a restore, so the snapshot
-        resumes at `step - len(pending)`. Returns the host's snapshot path.
+        resumes at `step - len(pending)`. TensorFlow writes the iterator to a local staging folder, which the
+        storage layer uploads and commits (marker last), so an interrupted save is never read back.
         """
         batches = [*pending, *self._restored]
         state = {**self._snapshot_identity(self.step - len(pending)), "built_at": self._built_at,
                  "pending_batches": len(batches)}
         path = snapshot_path(directory, self.shard_index, self.num_shards)
-        temporary = f"{path}.tmp-{uuid.uuid4().hex}"
-        try:
-            tf.train.Checkpoint(iterator=self._tf_iterator()).write(os.path.join(temporary, _SNAPSHOT_ITERATOR))
+        with storage.staged_directory(path) as staging:
+            tf.train.Checkpoint(iterator=self._tf_iterator()).write(os.path.join(staging, _SNAPSHOT_ITERATOR))
             for index, batch in enumerate(batches):
-                buffer = io.BytesIO()
-                np.savez(buffer, **batch)
-                with tf.io.gfile.GFile(os.path.join(temporary, f"pending_{index}.npz"), "wb") as file:
-                    file.write(buffer.getvalue())
-            with tf.io.gfile.GFile(os.path.join(temporary, _SNAPSHOT_STATE), "w") as file:
+                np.savez(os.path.join(staging, f"pending_{index}.npz"), **batch)
+            with open(os.path.join(staging, _SNAPSHOT_STATE), "w") as file:
                 file.write(json.dumps(state))
-            if tf.io.gfile.exists(path):
-                tf.io.gfile.rmtree(path)
-            tf.io.gfile.rename(temporary, path)
-        finally:
-            if tf.io.gfile.exists(temporary):
-                tf.io.gfile.rmtree(temporary)
         return path
 
-    def restore_snapshot(self, directory: str, state: Mapping) -> None:
+    def restore_snapshot(self, directory: str, state: Mapping, require_commit: bool = True) -> None:
         """Resumes at `state["step"]` from this host's snapshot in `directory`.
 
-        Raises if the snapshot is missing, unreadable, or of another step, config or host layout; the
-        iterator is then unchanged.
+        Raises if the snapshot is missing, uncommitted, unreadable, or of another step, config or host layout;
+        the iterator is then unchanged. `require_commit=False` reads snapshots written before commit markers
+        existed (they were committed by a local rename).
         """
         self._check_same_config(state)
         path = snapshot_path(directory, self.shard_index, self.num_shards)
-        with tf.io.gfile.GFile(os.path.join(path, _SNAPSHOT_STATE)) as file:
-            saved = json.loads(file.read())
-        expected = self._snapshot_identity(int(state["step"]))
-        differences = {key: (saved.get(key), value) for key, value in expected.items() if saved.get(key) != value}
-        if differences:
-            raise ValueError(
-                f"snapshot {path} is of another position or run ({{key: (saved, expected)}} = {differences})")
-        iterator = iter(self._dataset(saved["built_at"]))
-        tf.train.Checkpoint(iterator=iterator).read(os.path.join(path, _SNAPSHOT_ITERATOR)).assert_consumed()
-        restored = collections.deque()
-        for index in range(saved["pending_batches"]):
-            with tf.io.gfile.GFile(os.path.join(path, f"pending_{index}.npz"), "rb") as file:
-                with np.load(io.BytesIO(file.read())) as arrays:
+        if require_commit and not storage.is_committed(path):
+            raise FileNotFoundError(f"no committed input snapshot at {path}")
+        with storage.local_copy(path) as local:
+            with open(os.path.join(local, _SNAPSHOT_STATE)) as file:
+                saved = json.loads(file.read())
+            expected = self._snapshot_identity(int(state["step"]))
+            differences = {key: (saved.get(key), value) for key, value in expected.items()
+                           if saved.get(key) != value}
+            if differences:
+                raise ValueError(
+                    f"snapshot {path} is of another position or run ({{key: (saved, expected)}} = {differences})")
+            iterator = iter(self._dataset(saved["built_at"]))
+            tf.train.Checkpoint(iterator=iterator).read(os.path.join(local, _SNAPSHOT_ITERATOR)).assert_consumed()
+            restored = collections.deque()
+            for index in range(saved["pending_batches"]):
+                with np.load(os.path.join(local, f"pending_{index}.npz")) as arrays:
                     restored.append({key: arrays[key] for key in arrays.files})
         self.step, self._built_at = saved["step"], saved["built_at"]
         self._iterator, self._restored = iterator, restored

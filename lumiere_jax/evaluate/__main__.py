@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from lumiere_jax import gin_cli
+from lumiere_jax.parallel import runtime
 from lumiere_jax.train import cli as train_cli
 
 
@@ -42,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
     logging.root.setLevel(logging.INFO)
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    runtime.start(runtime.config_from_flags(args))
     from lumiere_jax.evaluate import job  # noqa: PLC0415 -- registers the configurables the gin files bind
 
     try:

@@ -83,11 +83,12 @@ class GlobalBatchIterator:
     def get_state(self) -> dict:
         return dict(self._state)
 
-    def set_state(self, state: dict, snapshot_dir: str | None = None) -> None:
-        """Resumes at `state`; from the snapshot in `snapshot_dir` when given and the local iterator has them."""
+    def set_state(self, state: dict, snapshot_dir: str | None = None, require_commit: bool = True) -> None:
+        """Resumes at `state`; from the snapshot in `snapshot_dir` when given and the local iterator has them
+        (`require_commit=False` also reads snapshots written before commit markers existed)."""
         self._queue.clear()
         if snapshot_dir is not None and self.supports_snapshots:
-            self._local.set_state(state, snapshot_dir)
+            self._local.set_state(state, snapshot_dir, require_commit)
         else:
             self._local.set_state(state)
         self._state = self._local.get_state()

@@ -1,4 +1,4 @@
-"""Shardings for parameter trees from their logical axis names, and multi-host start-up.
+"""Shardings for parameter trees from their logical axis names.
 
 `parallel/mesh.py` builds the mesh and holds the rules; this module applies them to whole trees (parameters,
 optimizer state, batches) so the train step can be jitted with explicit in/out shardings.
@@ -6,9 +6,7 @@ optimizer state, batches) so the train step can be jitted with explicit in/out s
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -18,37 +16,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 from lumiere_jax.parallel import mesh as mesh_lib
 
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
-
-# Environment variables that mark a multi-process job: a TPU pod slice (more than one worker host),
-# a multi-slice job (Megascale), a SLURM / Open MPI launch of several tasks, or an explicit coordinator.
-_POD_MARKERS = ("MEGASCALE_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS")
-
-
-def is_multi_process_environment(environ: Mapping[str, str] | None = None) -> bool:
-    """True when the environment describes a job spread over several processes (hosts)."""
-    environ = os.environ if environ is None else environ
-    if any(environ.get(name) for name in _POD_MARKERS):
-        return True
-    hostnames = environ.get("TPU_WORKER_HOSTNAMES", "")
-    if len([host for host in hostnames.split(",") if host.strip()]) > 1:
-        return True
-    for count_name in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
-        if int(environ.get(count_name, "1") or "1") > 1:
-            return True
-    return False
-
-
-def maybe_initialize_distributed(environ: Mapping[str, str] | None = None) -> bool:
-    """Calls `jax.distributed.initialize()` on a pod (before any other JAX call); returns whether it did.
-
-    JAX discovers the coordinator, process count and id itself on Cloud TPU, SLURM and Open MPI.
-    """
-    if not is_multi_process_environment(environ):
-        return False
-    logging.info("multi-process environment detected: calling jax.distributed.initialize()")
-    jax.distributed.initialize()
-    return True
-
 
 def logical_specs(boxed_tree: Any) -> Any:
     """PartitionSpecs over logical names for a tree of (possibly abstract) boxed values; unboxed leaves replicate.

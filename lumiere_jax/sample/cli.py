@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import gin
 
 from lumiere_jax import gin_cli
-from lumiere_jax.parallel import partitioning
+from lumiere_jax.parallel import runtime
 
 
 def parse_args(argv: Sequence[str], prog: str, description: str) -> argparse.Namespace:
@@ -44,7 +44,7 @@ def run(argv: Sequence[str] | None, prog: str, description: str, entry) -> int:
     """Shared main of the sampling and export commands: flags -> gin -> `entry(shard_id, num_shards)`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
     args = parse_args(sys.argv[1:] if argv is None else argv, prog, description)
-    partitioning.maybe_initialize_distributed()
+    runtime.start(runtime.config_from_flags(args))
     try:
         configure_gin(args)
         entry(args.shard_id, args.num_shards)

@@ -1,10 +1,10 @@
 """Orbax checkpoints of the train state plus JSON metadata (data-iterator position, model signature).
 
-Layout: `MODEL_DIR/checkpoints/<step>/{state, meta}`, and the input pipeline's snapshot of the same step (one
-subdirectory per host) in `MODEL_DIR/data_snapshots/<step>/`, kept and deleted in step with the checkpoints.
-Saves are asynchronous; the last `keep_last` are kept plus every step that is a multiple of `keep_every`.
-Restoring walks back from the newest step: a checkpoint that fails to read (truncated, corrupted) is skipped
-with a warning. A checkpoint written by a different model is an error, never skipped. Parameters can also be
+Layout: `MODEL_DIR/checkpoints/<step>/{state, meta, data}` (`data`: the input pipeline's snapshot, one
+subdirectory per host), local or `gs://` (Orbax/TensorStore and the storage layer). Saves are asynchronous; Orbax's
+preservation policies keep the last `keep_last` plus every step that is a multiple of `keep_every`.
+Restoring walks back from the newest step: a checkpoint that fails to read on any host (truncated, a shard
+missing, never committed) is set aside to `MODEL_DIR/set_aside/` with a warning, on all hosts alike. A checkpoint written by a different model is an error, never skipped. Parameters can also be
 initialised from another run's checkpoint through a T5X-style assignment map (e.g. a T2I checkpoint into the
 spatial layers of a STUNet).
 """
@@ -12,22 +12,27 @@ spatial layers of a STUNet).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-import os
 import re
-import shutil
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
+from lumiere_jax import storage
+from lumiere_jax.train import data_snapshot_item
 from lumiere_jax.train import state as state_lib
 
 CHECKPOINTS_SUBDIR = "checkpoints"
-DATA_SNAPSHOTS_SUBDIR = "data_snapshots"
+DATA_SNAPSHOTS_SUBDIR = "data_snapshots"  # the input snapshots' place before they became the steps' `data` item
+SET_ASIDE_SUBDIR = "set_aside"  # unusable steps, moved out of checkpoints/ for inspection
 
 
 @gin.configurable
@@ -82,19 +87,29 @@ def signature_mismatch(expected: dict[str, list[int]], found: dict[str, list[int
 
 
 class Checkpointer:
-    """Saves and restores `TrainState` + metadata under `MODEL_DIR/checkpoints`."""
+    """Saves and restores `TrainState` + metadata (+ the input snapshot) under `MODEL_DIR/checkpoints`.
+
+    On several hosts every decision that changes what is on disk or which step is used (the restore step,
+    setting a bad step aside) is agreed by all hosts; only process 0 moves files.
+    """
 
     def __init__(self, model_dir: str, config: CheckpointConfig, model_name: str, signature: dict[str, list[int]]):
         self.config = config
         self.model_name = model_name
         self.signature = signature
-        self.directory = os.path.join(os.path.abspath(model_dir), CHECKPOINTS_SUBDIR)
-        self.data_directory = os.path.join(os.path.abspath(model_dir), DATA_SNAPSHOTS_SUBDIR)
-        self._saved_data_snapshots = False  # only a writer prunes (a reader may run beside a training job)
+        model_dir = storage.normalize(model_dir)
+        self.directory = storage.join(model_dir, CHECKPOINTS_SUBDIR)
+        self.legacy_data_directory = storage.join(model_dir, DATA_SNAPSHOTS_SUBDIR)
+        self.set_aside_directory = storage.join(model_dir, SET_ASIDE_SUBDIR)
+        policies = [ocp.checkpoint_managers.LatestN(n=config.keep_last)]
+        if config.keep_every:
+            policies.append(ocp.checkpoint_managers.EveryNSteps(interval_steps=config.keep_every))
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=config.keep_last, keep_period=config.keep_every,
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
             enable_async_checkpointing=config.async_save, create=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "meta", data_snapshot_item.DATA_ITEM))
+        self._set_aside_uncommitted_steps()
 
     def should_save(self, step: int) -> bool:
         return step % self.config.save_every_steps == 0
@@ -105,47 +120,38 @@ class Checkpointer:
 
         `params_finite`: whether the state's trainable and EMA parameters are all finite (the train step
         reports it as the `params_finite` metric). `save_data_snapshot(directory)` writes this host's input
-        snapshot for `step` (with `config.data_snapshots`); a failure only warns: resuming would skip instead.
+        snapshot into the step's `data` item (with `config.data_snapshots`) during this call; a failure only
+        warns: resuming from this step then skips batches instead.
         """
         if not params_finite:
             raise RuntimeError(f"refusing to save step {step}: the parameters contain NaN or Inf")
-        if save_data_snapshot is not None and self.config.data_snapshots:
-            # Written first, so a checkpoint that commits finds its snapshot complete.
-            try:
-                save_data_snapshot(self.data_snapshot_dir(step))
-            except Exception as error:  # noqa: BLE001 -- the checkpoint stays usable without it
-                logging.warning("could not save the input snapshot of step %d (%s: %s); resuming from this "
-                                "checkpoint will skip batches instead", step, type(error).__name__, str(error)[:300])
-            self._saved_data_snapshots = True
         meta = {"step": int(step), "model_name": self.model_name, "signature": self.signature,
                 "data_state": data_state, "nonfinite_total": int(state.nonfinite_total)}
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
-        if self._saved_data_snapshots:
-            self._prune_data_snapshots(newest=step)
+        items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+        if save_data_snapshot is not None and self.config.data_snapshots:
+            items[data_snapshot_item.DATA_ITEM] = data_snapshot_item.DataSnapshotSave(
+                functools.partial(_save_snapshot_or_warn, save_data_snapshot, step))
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-    def data_snapshot_dir(self, step: int) -> str:
-        return os.path.join(self.data_directory, str(step))
+    def data_snapshot_location(self, step: int) -> tuple[str | None, bool]:
+        """Where the input snapshot of a restored `step` lives: `(directory or None, require_commit)`.
 
-    def _prune_data_snapshots(self, newest: int | None = None) -> None:
-        """Deletes the snapshots of steps whose checkpoint Orbax no longer keeps (or never committed).
-
-        Steps from `newest` on are kept: their checkpoint may still be saving. Process 0 deletes for all hosts.
+        The step's own `data` item; for run directories written before it existed, the old
+        `MODEL_DIR/data_snapshots/<step>` (committed by a local rename, so without markers); else None.
         """
-        if jax.process_index() != 0 or not os.path.isdir(self.data_directory):
-            return
-        kept = set(self.manager.all_steps())
-        for name in os.listdir(self.data_directory):
-            if name.isdigit() and int(name) not in kept and (newest is None or int(name) < newest):
-                shutil.rmtree(os.path.join(self.data_directory, name), ignore_errors=True)
+        try:
+            location = self.manager.restore(step, args=ocp.args.Composite(
+                **{data_snapshot_item.DATA_ITEM: data_snapshot_item.DataSnapshotRestore()}))
+            return location[data_snapshot_item.DATA_ITEM], True
+        except Exception:  # noqa: BLE001 -- a step saved without a snapshot
+            legacy = storage.join(self.legacy_data_directory, str(step))
+            return (legacy, False) if storage.isdir(legacy) else (None, True)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.wait_until_finished()
-        if self._saved_data_snapshots:
-            self._prune_data_snapshots()
         self.manager.close()
 
     def steps(self) -> list[int]:
@@ -155,26 +161,55 @@ class Checkpointer:
         """The newest readable checkpoint onto `abstract_state`'s shardings (any mesh), or None if there is none.
 
         `abstract_state`: a TrainState of ShapeDtypeStructs carrying the target shardings.
-        Returns `(state, meta)`; `meta["data_state"]` is the data iterator's saved position.
+        Returns `(state, meta)`; `meta["data_state"]` is the data iterator's saved position. A step that any
+        host cannot read is set aside (`MODEL_DIR/set_aside/`, logged) by all hosts together, and the previous
+        one is tried: every host resumes from the same step, and the bad step's number is free for the next save.
         """
-        for step in reversed(self.steps()):
+        newer_than = None
+        while (step := _agreed_step(self._newest_step_below(newer_than))) >= 0:
+            newer_than = step
+            meta, problem = None, None
             try:
                 meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
             except Exception as error:  # noqa: BLE001 -- any read failure means this checkpoint is unusable
-                logging.warning("checkpoint at step %d has unreadable metadata (%s); trying the previous one",
-                                step, error)
-                continue
-            self._check_same_model(step, meta)
-            try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state)))
-            except Exception as error:  # noqa: BLE001
-                logging.warning("checkpoint at step %d is incomplete or corrupted (%s: %s); "
-                                "falling back to the previous one", step, type(error).__name__, str(error)[:200])
+                problem = f"unreadable metadata ({type(error).__name__}: {str(error)[:200]})"
+            if meta is not None:
+                self._check_same_model(step, meta)
+                try:
+                    restored = self.manager.restore(step, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state)))
+                except Exception as error:  # noqa: BLE001
+                    problem = f"incomplete or corrupted state ({type(error).__name__}: {str(error)[:200]})"
+            if not _all_hosts_agree(problem is None):
+                self._set_aside(step, problem or "another host could not read it")
                 continue
             logging.info("restored checkpoint at step %d from %s", step, self.directory)
             return restored.state, meta
         return None
+
+    def _newest_step_below(self, bound: int | None) -> int:
+        steps = [step for step in self.steps() if bound is None or step < bound]
+        return max(steps, default=-1)
+
+    def _set_aside(self, step: int, reason: str) -> None:
+        """Moves a bad step out of `checkpoints/` (kept for inspection, never deleted) on every host's behalf."""
+        destination = storage.join(self.set_aside_directory, f"{step}-{int(time.time())}")
+        logging.warning("checkpoint at step %d is unusable (%s); setting it aside to %s and trying the previous "
+                        "one", step, reason, destination)
+        if jax.process_index() == 0:
+            storage.move_directory(storage.join(self.directory, str(step)), destination)
+            storage.write_text_atomic(storage.join(destination, "REASON.txt"), reason + "\n")
+        _sync_hosts(f"lumiere_set_aside_{step}")
+        self.manager.reload()
+
+    def _set_aside_uncommitted_steps(self) -> None:
+        """Step directories without Orbax's commit (a save interrupted on an object store) are set aside:
+        Orbax does not list them, and a later save of the same step would collide with them."""
+        committed = set(self.manager.all_steps())
+        uncommitted = [int(name) for name in storage.listdir(self.directory)
+                       if name.isdigit() and int(name) not in committed]
+        for step in sorted(_agreed_steps(uncommitted)):
+            self._set_aside(step, "never committed (no commit marker)")
 
     def _check_same_model(self, step: int, meta: dict) -> None:
         problems = signature_mismatch(self.signature, meta.get("signature", {}))
@@ -186,19 +221,53 @@ class Checkpointer:
                 "CheckpointConfig.init_from and an assignment_map")
 
 
+def _save_snapshot_or_warn(save_data_snapshot: Callable[[str], Any], step: int, directory: str) -> None:
+    try:
+        save_data_snapshot(directory)
+    except Exception as error:  # noqa: BLE001 -- the checkpoint stays usable without it
+        logging.warning("could not save the input snapshot of step %d (%s: %s); resuming from this checkpoint "
+                        "will skip batches instead", step, type(error).__name__, str(error)[:300])
+
+
+def _agreed_step(step: int) -> int:
+    """Process 0's `step` on every host (one host's view of a listing decides for all)."""
+    if jax.process_count() == 1:
+        return step
+    return int(multihost_utils.broadcast_one_to_all(np.int64(step)))
+
+
+def _agreed_steps(steps: Sequence[int], capacity: int = 64) -> list[int]:
+    if jax.process_count() == 1:
+        return list(steps)
+    padded = np.full(capacity, -1, np.int64)
+    padded[:min(len(steps), capacity)] = sorted(steps)[:capacity]
+    return [int(step) for step in multihost_utils.broadcast_one_to_all(padded) if step >= 0]
+
+
+def _all_hosts_agree(ok: bool) -> bool:
+    """True only if `ok` holds on every host."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _sync_hosts(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
 def resolve_step_directory(path: str) -> str:
     """A step directory (holding `state/`) from a run directory, a checkpoints directory or a step directory."""
-    path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, "state")):
+    path = storage.normalize(path)
+    if storage.isdir(storage.join(path, "state")):
         return path
-    if os.path.isdir(os.path.join(path, CHECKPOINTS_SUBDIR)):
-        path = os.path.join(path, CHECKPOINTS_SUBDIR)
-    steps = sorted((int(name) for name in (os.listdir(path) if os.path.isdir(path) else []) if name.isdigit()),
-                   reverse=True)
+    if storage.isdir(storage.join(path, CHECKPOINTS_SUBDIR)):
+        path = storage.join(path, CHECKPOINTS_SUBDIR)
+    steps = sorted((int(name) for name in storage.listdir(path) if name.isdigit()), reverse=True)
     for step in steps:
-        candidate = os.path.join(path, str(step))
-        if os.path.exists(os.path.join(candidate, "state", "commit_success.txt")) or os.path.exists(
-                os.path.join(candidate, "state", "_METADATA")):
+        candidate = storage.join(path, str(step))
+        if storage.exists(storage.join(candidate, "state", "commit_success.txt")) or storage.exists(
+                storage.join(candidate, "state", "_METADATA")):
             return candidate
     raise FileNotFoundError(f"no checkpoint found at {path!r} to initialise from; give a run directory, its "
                             "checkpoints/ directory or one step directory (CheckpointConfig.init_from)")
@@ -206,7 +275,7 @@ def resolve_step_directory(path: str) -> str:
 
 def _source_paths(step_dir: str, use_ema: bool) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[int, ...]]]:
     """`{model param path: key path inside the saved state}` and `{model param path: shape}` of a checkpoint."""
-    tree = ocp.PyTreeCheckpointer().metadata(os.path.join(step_dir, "state")).item_metadata.tree
+    tree = ocp.PyTreeCheckpointer().metadata(storage.join(step_dir, "state")).item_metadata.tree
     paths = {}
     for group in ("frozen_params", "trainable_params"):
         for path in state_lib.flatten(tree.get(group) or {}):
@@ -273,7 +342,7 @@ def load_init_params(
             target.sharding.mesh, jax.sharding.PartitionSpec())
         state_lib.set_path(item, source_keys[source_path], jax.ShapeDtypeStruct(shape, target.dtype, sharding=sharding))
         state_lib.set_path(restore_args, source_keys[source_path], ocp.ArrayRestoreArgs(sharding=sharding, dtype=target.dtype))
-    restored = ocp.PyTreeCheckpointer().restore(os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
+    restored = ocp.PyTreeCheckpointer().restore(storage.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
         item=item, restore_args=restore_args, partial_restore=True))
     loaded = {}
     for target_path, source_path in plan.items():

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
 import gin
+import jax
 
-from lumiere_jax import gin_cli
+from lumiere_jax import gin_cli, storage
 from lumiere_jax.gin_cli import GIN_CONFIGS_DIR, UsageError, binding_line  # noqa: F401 -- re-exported
-from lumiere_jax.parallel import partitioning
+from lumiere_jax.parallel import runtime
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
     logging.root.setLevel(logging.INFO)
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    partitioning.maybe_initialize_distributed()
+    runtime.start(runtime.config_from_flags(args))
     # Imported after the distributed start-up; registers the configurables the gin files bind.
     from lumiere_jax.train import loop  # noqa: PLC0415
 
@@ -58,9 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"lumiere-train: error: {error}", file=sys.stderr)
         return 2
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "config.gin"), "w") as file:
-        file.write(gin.config_str())
+    if jax.process_index() == 0:
+        storage.write_text_atomic(storage.join(model_dir, "config.gin"), gin.config_str())
     result = loop.train()
     if result.preempted:
         logging.warning("stopped early by preemption at step %d; rerun the same command to resume",

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -17,6 +16,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from lumiere_jax import storage
 from lumiere_jax.models import t5
 from lumiere_jax.parallel import global_arrays
 from lumiere_jax.parallel import mesh as mesh_lib
@@ -134,7 +134,9 @@ def train(
         data_snapshots = checkpoint.data_snapshots and train_iterator.supports_snapshots
         if data_state is not None:
             # The snapshot of the restored step, if usable; otherwise the iterator skips to it (exact, slower).
-            train_iterator.set_state(data_state, checkpointer.data_snapshot_dir(start_step) if data_snapshots else None)
+            snapshot_dir, require_commit = (checkpointer.data_snapshot_location(start_step) if data_snapshots
+                                            else (None, True))
+            train_iterator.set_state(data_state, snapshot_dir, require_commit)
 
         first_batch = next(train_iterator)
         batch_shardings = jax.tree.map(lambda leaf: leaf.sharding, first_batch)
@@ -272,9 +274,7 @@ def _write_operative_config(model_dir: str, writer, step: int) -> None:
     """Saves the gin bindings this run actually used (T5X's operative config) to MODEL_DIR and TensorBoard."""
     config = gin.operative_config_str()
     if jax.process_index() == 0:
-        os.makedirs(model_dir, exist_ok=True)
-        with open(os.path.join(model_dir, "operative_config.gin"), "w") as file:
-            file.write(config)
+        storage.write_text_atomic(storage.join(model_dir, "operative_config.gin"), config)
     writer.write_texts(step, {"config/operative": "\n".join("    " + line for line in config.splitlines())})
 
 
@@ -321,4 +321,4 @@ class _PeriodicTasks:
         frames = samples_lib.to_uint8_frames(multihost_utils.process_allgather(videos, tiled=True))
         self.writer.write_images(step, {"samples": samples_lib.filmstrips(frames)})
         if jax.process_index() == 0:
-            samples_lib.write_videos(os.path.join(self.model_dir, "samples"), step, frames, self.fps)
+            samples_lib.write_videos(storage.join(self.model_dir, "samples"), step, frames, self.fps)

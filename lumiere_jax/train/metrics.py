@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import os
+import tempfile
 import time
 from typing import Any
 
@@ -10,10 +12,70 @@ import jax
 import numpy as np
 from clu import metric_writers
 
+from lumiere_jax import storage
+
 
 def create_writer(model_dir: str) -> metric_writers.MetricWriter:
-    """TensorBoard event files in MODEL_DIR (process 0 only; other hosts just log)."""
-    return metric_writers.create_default_writer(model_dir, just_logging=jax.process_index() > 0, asynchronous=True)
+    """TensorBoard event files in MODEL_DIR (process 0 only; other hosts just log).
+
+    TensorFlow writes event files itself; for an object-store MODEL_DIR they are written to a local folder and
+    uploaded through the storage layer on every flush and at least once a minute.
+    """
+    just_logging = jax.process_index() > 0
+    if just_logging or not storage.is_uri(model_dir):
+        return metric_writers.create_default_writer(model_dir, just_logging=just_logging, asynchronous=True)
+    return _UploadingWriter(model_dir)
+
+
+class _UploadingWriter(metric_writers.MetricWriter):
+    """A TensorBoard writer on a local staging folder whose event files are mirrored to an object store."""
+
+    def __init__(self, destination: str, upload_every_seconds: float = 60.0):
+        self._staging = tempfile.TemporaryDirectory(prefix="lumiere_tensorboard_")
+        self._writer = metric_writers.create_default_writer(self._staging.name, asynchronous=True)
+        self._destination, self._every = destination, upload_every_seconds
+        self._last_upload = time.monotonic()
+
+    def _maybe_upload(self) -> None:
+        if time.monotonic() - self._last_upload >= self._every:
+            self.flush()
+
+    def write_summaries(self, step, values, metadata=None):
+        self._writer.write_summaries(step, values, metadata)
+        self._maybe_upload()
+
+    def write_scalars(self, step, scalars):
+        self._writer.write_scalars(step, scalars)
+        self._maybe_upload()
+
+    def write_images(self, step, images):
+        self._writer.write_images(step, images)
+
+    def write_videos(self, step, videos):
+        self._writer.write_videos(step, videos)
+
+    def write_audios(self, step, audios, *, sample_rate):
+        self._writer.write_audios(step, audios, sample_rate=sample_rate)
+
+    def write_texts(self, step, texts):
+        self._writer.write_texts(step, texts)
+
+    def write_histograms(self, step, arrays, num_buckets=None):
+        self._writer.write_histograms(step, arrays, num_buckets)
+
+    def write_hparams(self, hparams):
+        self._writer.write_hparams(hparams)
+
+    def flush(self):
+        self._writer.flush()
+        for name in sorted(os.listdir(self._staging.name)):
+            storage.sync_file(os.path.join(self._staging.name, name), storage.join(self._destination, name))
+        self._last_upload = time.monotonic()
+
+    def close(self):
+        self.flush()
+        self._writer.close()
+        self._staging.cleanup()
 
 
 def compiled_flops(compiled: Any) -> float | None:

@@ -11,16 +11,19 @@ from jax.experimental import multihost_utils
 
 
 class PreemptionWatcher:
-    """Records termination signals; the loop polls `should_stop(step)` after each step.
+    """The loop polls `should_stop(step)` after each step.
 
-    On a multi-host job all hosts must stop at the same step, so JAX's preemption sync point (set up by
-    `jax.distributed.initialize`) is consulted as well.
+    One process: a Python SIGTERM handler records the signal. Several processes: all hosts must stop at the
+    same step, so JAX's preemption sync point decides, and no Python handler is installed: JAX's preemption
+    sync manager (started by `jax.distributed.initialize`) owns SIGTERM, and a Python handler installed after
+    it replaces its handler, so that no host would ever reach the sync point.
     """
 
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
         self._requested = threading.Event()
         self._previous = {}
-        if threading.current_thread() is threading.main_thread():
+        self._multi_process = jax.process_count() > 1
+        if not self._multi_process and threading.current_thread() is threading.main_thread():
             for signum in signals:
                 self._previous[signum] = signal.signal(signum, self._handle)
 
@@ -29,12 +32,11 @@ class PreemptionWatcher:
         self._requested.set()
 
     def should_stop(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            # Every host must agree on the step; a local flag alone could stop one host and hang the others.
-            try:
-                return multihost_utils.reached_preemption_sync_point(step)
-            except RuntimeError:  # no preemption sync manager (non-TPU multi-process): local signal only
-                pass
+        if self._multi_process:
+            stop = multihost_utils.reached_preemption_sync_point(step)
+            if stop:
+                logging.warning("preemption sync point reached at step %d: saving a checkpoint, then exiting", step)
+            return stop
         return self._requested.is_set()
 
     def close(self) -> None:

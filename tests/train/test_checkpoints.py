@@ -46,9 +46,9 @@ def signature():
 
 
 def write_data_snapshot(directory):
-    os.makedirs(directory)
+    os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "shard_00000_of_00001"), "w") as file:
-        file.write(directory)
+        file.write("this host's snapshot")
 
 
 def step_names(directory):
@@ -72,10 +72,11 @@ def saved_run(tmp_path_factory):
 def test_keeps_the_last_k_and_every_mth(saved_run):
     model_dir, _ = saved_run
     assert step_names(os.path.join(model_dir, "checkpoints")) == [2, 4, 5]
-    # Input snapshots follow the checkpoints' retention.
-    assert step_names(os.path.join(model_dir, "data_snapshots")) == [2, 4, 5]
-    with open(os.path.join(model_dir, "data_snapshots", "4", "shard_00000_of_00001")) as file:
-        assert file.read() == os.path.join(model_dir, "data_snapshots", "4")
+    # Input snapshots are an item of each step: one commit, one retention rule.
+    for step in (2, 4, 5):
+        with open(os.path.join(model_dir, "checkpoints", str(step), "data", "shard_00000_of_00001")) as file:
+            assert file.read() == "this host's snapshot"
+    assert not os.path.exists(os.path.join(model_dir, "data_snapshots"))
 
 
 def test_data_snapshot_failures_only_warn_and_can_be_switched_off(tmp_path, caplog):
@@ -124,7 +125,15 @@ def test_truncated_latest_falls_back_to_previous(saved_run, tmp_path, caplog):
         state, meta = checkpointer.restore_latest(abstract_on(mesh, make_state(0, mesh)))
     checkpointer.close()
     assert int(state.step) == 4 and meta["data_state"] == {"index": 4}
-    assert "checkpoint at step 5 is incomplete or corrupted" in caplog.text
+    assert "checkpoint at step 5 is unusable (incomplete or corrupted state" in caplog.text
+    # Set aside (kept, with the reason), not deleted; the step number is free again for the next save.
+    (aside,) = glob.glob(os.path.join(model_dir, "set_aside", "5-*"))
+    assert "corrupted" in open(os.path.join(aside, "REASON.txt")).read()
+    assert os.path.isdir(os.path.join(aside, "state")) and 5 not in step_names(os.path.join(model_dir, "checkpoints"))
+    checkpointer = checkpoints_lib.Checkpointer(model_dir, saved_run[1], "toy", signature())
+    checkpointer.save(5, make_state(5, mesh), {"index": 5}, params_finite=True)
+    checkpointer.close()
+    assert 5 in step_names(os.path.join(model_dir, "checkpoints"))
 
 
 def test_checkpoint_of_a_different_model_is_an_error(saved_run):

@@ -19,27 +19,36 @@ FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 LEGACY_RUN = os.path.join(FIXTURES, "legacy_run_1c15e15")
 
 
-def _legacy_command_line():
+def _fixture_maker():
     spec = importlib.util.spec_from_file_location("make_legacy_run", os.path.join(FIXTURES, "make_legacy_run.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.TINY + module.VIDEO
+    return module
 
 
-def test_resuming_a_legacy_run_restores_its_parameters(tmp_path, cli_env, synthetic_tiny_dir):
+def test_resuming_a_legacy_run_restores_its_parameters(tmp_path, cli_env):
+    import tensorflow_datasets as tfds
+
+    from lumiere_jax.data import synthetic_motion  # noqa: F401  (registers the builder)
+
+    maker = _fixture_maker()
+    # The saved tf.data iterator names its TFRecord files by absolute path: render the same data there.
+    for config in ("tiny", "image_tiny"):
+        tfds.builder(f"synthetic_motion/{config}", data_dir=maker.DATA_DIR).download_and_prepare()
     model_dir = str(tmp_path / "run")
     shutil.copytree(LEGACY_RUN, model_dir)
     reference = np.load(os.path.join(LEGACY_RUN, "reference.npz"))
     # Learning rate 0: the step after the restore leaves trainable and frozen parameters as restored.
     result = subprocess.run(
         [sys.executable, "-m", "lumiere_jax.train", "--gin_file=runs/train_stunet.gin",
-         "--gin_file=runs/cpu_tiny.gin", *_legacy_command_line(), f"--gin.MODEL_DIR='{model_dir}'",
-         "--gin.T2I_CHECKPOINT='/nonexistent/t2i'", f"--gin.seqio_iterator.data_dir='{synthetic_tiny_dir}'",
+         "--gin_file=runs/cpu_tiny.gin", *maker.TINY, *maker.VIDEO, f"--gin.MODEL_DIR='{model_dir}'",
+         "--gin.T2I_CHECKPOINT='/nonexistent/t2i'", f"--gin.seqio_iterator.data_dir='{maker.DATA_DIR}'",
          "--gin.train.num_train_steps=3", "--gin.CheckpointConfig.save_every_steps=1",
          "--gin.OptimizerConfig.learning_rate=0.0"],
         env=cli_env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "restored checkpoint at step 2" in result.stderr, result.stderr[-3000:]
+    assert "input pipeline resumed at step 2 from snapshot" in result.stderr  # the old data_snapshots/ layout
     state = ocp.PyTreeCheckpointer().restore(os.path.join(model_dir, "checkpoints", "3", "state"))
     assert int(state["step"]) == 3 == int(reference["step"]) + 1
     for group in ("trainable_params", "frozen_params"):

@@ -121,7 +121,7 @@ class SnapshotToyIterator(toy.ToyIterator):
             json.dump({"index": self.index - len(pending)}, file)
         return path
 
-    def set_state(self, state, snapshot_dir=None):
+    def set_state(self, state, snapshot_dir=None, require_commit=True):
         path = os.path.join(snapshot_dir or "", f"shard_{self.shard}.json")
         if snapshot_dir is not None and os.path.exists(path):
             with open(path) as file:
@@ -143,19 +143,20 @@ def test_checkpoints_carry_input_snapshots(tmp_path):
 
     def snapshots():
         saved = {}
-        for path in glob.glob(os.path.join(model_dir, "data_snapshots", "*", "shard_0.json")):
+        for path in glob.glob(os.path.join(model_dir, "checkpoints", "*", "data", "shard_0.json")):
             with open(path) as file:
-                saved[int(os.path.basename(os.path.dirname(path)))] = json.load(file)
+                saved[int(path.split(os.sep)[-3])] = json.load(file)
         return saved
 
     train(4)
     # Saved at the consumed position (the loop had prefetched two more batches), kept like the checkpoints.
     assert snapshots() == {3: {"index": 3}, 4: {"index": 4}}
     train(6)
-    assert log == [("snapshot", os.path.join(model_dir, "data_snapshots", "4"), 4)]
+    assert log == [("snapshot", os.path.join(model_dir, "checkpoints", "4", "data"), 4)]
     assert snapshots() == {5: {"index": 5}, 6: {"index": 6}}
     train(8, data_snapshots=False)  # switched off: resumes by skipping, writes none
-    assert log[1:] == [("skip", None, 6)] and snapshots() == {5: {"index": 5}, 6: {"index": 6}}
+    # Snapshots go with their steps: steps 7 and 8 are kept, without snapshots.
+    assert log[1:] == [("skip", None, 6)] and snapshots() == {}
 
 
 def test_batch_not_divisible_by_data_axes(tmp_path):

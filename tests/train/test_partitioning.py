@@ -5,7 +5,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lumiere_jax.parallel import mesh as mesh_lib
-from lumiere_jax.parallel import partitioning
+from lumiere_jax.parallel import partitioning, runtime
 
 
 @pytest.mark.parametrize("environ, expected", [
@@ -18,15 +18,19 @@ from lumiere_jax.parallel import partitioning
     ({"OMPI_COMM_WORLD_SIZE": "2"}, True),
 ])
 def test_detects_pods(environ, expected):
-    assert partitioning.is_multi_process_environment(environ) is expected
+    assert runtime.is_multi_process_environment(environ) is expected
 
 
-def test_initializes_distributed_only_on_a_pod(monkeypatch):
+def test_initializes_distributed_only_on_a_pod_or_when_given_a_coordinator(monkeypatch):
     calls = []
-    monkeypatch.setattr(jax.distributed, "initialize", lambda: calls.append(True))
-    assert partitioning.maybe_initialize_distributed({}) is False and calls == []
-    assert partitioning.maybe_initialize_distributed({"TPU_WORKER_HOSTNAMES": "a,b,c,d"}) is True
-    assert calls == [True]
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    assert runtime.maybe_initialize_distributed(runtime.RuntimeConfig(), {}) is False and calls == []
+    assert runtime.maybe_initialize_distributed(runtime.RuntimeConfig(), {"TPU_WORKER_HOSTNAMES": "a,b,c,d"}) is True
+    assert calls[-1]["coordinator_address"] is None and calls[-1]["heartbeat_timeout_seconds"] == 100
+    explicit = runtime.RuntimeConfig("127.0.0.1:1234", num_processes=2, process_id=1, heartbeat_timeout_seconds=7)
+    assert runtime.maybe_initialize_distributed(explicit, {}) is True
+    assert calls[-1] == dict(coordinator_address="127.0.0.1:1234", num_processes=2, process_id=1,
+                             heartbeat_timeout_seconds=7)
 
 
 def test_logical_names_map_to_fsdp_and_tensor_and_indivisible_dims_replicate():
