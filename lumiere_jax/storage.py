@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 os.environ.setdefault("EPATH_USE_TF", "false")
@@ -133,10 +133,12 @@ def copy_file(source: str | os.PathLike, destination: str | os.PathLike) -> None
     write_bytes_atomic(destination, read_bytes(source))
 
 
-def upload_directory(local_dir: str, destination: str | os.PathLike) -> None:
+def upload_directory(local_dir: str, destination: str | os.PathLike,
+                     before_commit: Callable[[], Any] | None = None) -> None:
     """Copies a local directory tree to `destination`, then writes `COMMIT_MARKER` there last.
 
     A previous, uncommitted attempt at the same destination is removed first, so no stale files mix in.
+    `before_commit()` runs between the files and the marker (fault-injection tests).
     """
     if exists(destination):
         remove(destination)
@@ -144,6 +146,8 @@ def upload_directory(local_dir: str, destination: str | os.PathLike) -> None:
         for name in sorted(names):
             relative = os.path.relpath(os.path.join(root, name), local_dir).replace(os.sep, "/")
             copy_file(os.path.join(root, name), join(destination, relative))
+    if before_commit is not None:
+        before_commit()
     write_text_atomic(join(destination, COMMIT_MARKER), "")
 
 
@@ -182,11 +186,12 @@ def local_copy(source: str | os.PathLike) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def staged_directory(destination: str | os.PathLike) -> Iterator[str]:
+def staged_directory(destination: str | os.PathLike,
+                     before_commit: Callable[[], Any] | None = None) -> Iterator[str]:
     """A local temporary folder to fill; on a clean exit it is uploaded to `destination` and committed."""
     with tempfile.TemporaryDirectory(prefix="lumiere_stage_") as folder:
         yield folder
-        upload_directory(folder, destination)
+        upload_directory(folder, destination, before_commit)
 
 
 def sync_file(local_path: str, destination: str | os.PathLike) -> None:

@@ -1,4 +1,5 @@
-"""A GCS-protocol server on 127.0.0.1 for tests (`gcp-storage-emulator` from PyPI), and the environment that
+"""A GCS-protocol server on 127.0.0.1 for tests (`gcp-storage-emulator` from PyPI, with generation headers added
+by tests/gcs_emulator_server.py), and the environment that
 points every client at it: gcsfs / etils epath and google-cloud-storage (`STORAGE_EMULATOR_HOST`), TensorStore,
 Orbax's array writer (`TENSORSTORE_GCS_HTTP_URL`, `GOOGLE_AUTH_TOKEN_FOR_TESTING`).
 
@@ -72,7 +73,8 @@ def gcs_emulator(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "w")  # noqa: SIM115 -- closed below
     server = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
+        [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gcs_emulator_server.py"),
+         "--host=127.0.0.1", f"--port={port}"],
         stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 30
     while True:

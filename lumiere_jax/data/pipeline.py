@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lumiere_jax import storage
+from lumiere_jax import faults, storage
 from lumiere_jax.data import masks as masks_lib
 from lumiere_jax.data.feature_converter import VideoFeatureConverter
 
@@ -246,7 +247,8 @@ class DataIterator:
         state = {**self._snapshot_identity(self.step - len(pending)), "built_at": self._built_at,
                  "pending_batches": len(batches)}
         path = snapshot_path(directory, self.shard_index, self.num_shards)
-        with storage.staged_directory(path) as staging:
+        kill_point = functools.partial(faults.maybe_kill, "snapshot_commit", state["step"], self.shard_index)
+        with storage.staged_directory(path, before_commit=kill_point) as staging:
             tf.train.Checkpoint(iterator=self._tf_iterator()).write(os.path.join(staging, _SNAPSHOT_ITERATOR))
             for index, batch in enumerate(batches):
                 np.savez(os.path.join(staging, f"pending_{index}.npz"), **batch)

@@ -24,10 +24,12 @@ import dataclasses
 import functools
 import re
 
+import jax
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
+from jax.experimental import multihost_utils
 
 from lumiere_jax.data import preprocessors
 from lumiere_jax.data import synthetic_motion  # noqa: F401  (registers the tfds builder)
@@ -151,9 +153,21 @@ def _tfds_source(tfds_name: str, data_dir: str | None) -> seqio.TfdsDataSource:
 
 
 def prepare_synthetic_motion(data_dir: str | None, configs: tuple[str, ...]) -> None:
-    """Builds procedural synthetic_motion configs into `data_dir` when missing (rendered locally, never downloaded)."""
-    for config in configs:
-        tfds.builder(f"synthetic_motion/{config}", data_dir=data_dir).download_and_prepare()
+    """Builds procedural synthetic_motion configs into `data_dir` when missing (rendered locally, never downloaded).
+
+    On several hosts process 0 builds first and the others after it: a shared `data_dir` (a bucket, NFS) is then
+    built once and found prepared, a per-host disk is built by each host (two builders racing on one folder fail).
+    """
+    def build():
+        for config in configs:
+            tfds.builder(f"synthetic_motion/{config}", data_dir=data_dir).download_and_prepare()
+
+    if jax.process_index() == 0:
+        build()
+    if jax.process_count() > 1 and configs:
+        multihost_utils.sync_global_devices("lumiere_prepare_synthetic_motion")
+        if jax.process_index() > 0:
+            build()
 
 
 def register_synthetic_motion_tasks(

@@ -26,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from lumiere_jax import storage
+from lumiere_jax import faults, storage
 from lumiere_jax.train import data_snapshot_item
 from lumiere_jax.train import state as state_lib
 
@@ -132,6 +132,7 @@ class Checkpointer:
             items[data_snapshot_item.DATA_ITEM] = data_snapshot_item.DataSnapshotSave(
                 functools.partial(_save_snapshot_or_warn, save_data_snapshot, step))
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        faults.maybe_kill("async_save", step, jax.process_index())
 
     def data_snapshot_location(self, step: int) -> tuple[str | None, bool]:
         """Where the input snapshot of a restored `step` lives: `(directory or None, require_commit)`.

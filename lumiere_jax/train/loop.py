@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from lumiere_jax import storage
+from lumiere_jax import faults, storage
 from lumiere_jax.models import t5
 from lumiere_jax.parallel import global_arrays
 from lumiere_jax.parallel import mesh as mesh_lib
@@ -168,6 +168,7 @@ def train(
                 state, step_metrics = compiled_step(state, batch, text_encoder_params, step_rng)
                 batch = None
                 step += 1
+                faults.maybe_kill("step", step, jax.process_index())
                 window.append(step_metrics)
                 if step % log_every_steps == 0 or step == num_train_steps:
                     scalars = _report(step, window, throughput, writer, state)
