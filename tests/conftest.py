@@ -6,7 +6,12 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import sys  # noqa: E402
+import importlib.util  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gcs_emulator import gcs_emulator  # noqa: E402,F401 -- a session fixture for every test package
+# Loaded from its file, not by putting tests/ on sys.path: there its folders (data/, sample/ ...) would shadow
+# gin's package lookup of relative config names such as data/text_cache.gin (a namespace package has no file).
+_spec = importlib.util.spec_from_file_location(
+    "gcs_emulator", os.path.join(os.path.dirname(os.path.abspath(__file__)), "gcs_emulator.py"))
+_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_module)
+gcs_emulator = _module.gcs_emulator  # a session fixture for every test package
