@@ -241,7 +241,8 @@ def sample_videos(
     shard = rows_lib.shard_rows(all_rows, shard_id, num_shards)
     for row in shard:
         check_row_fits(row, base_adapter)
-    todo = [row for row in shard if not outputs.is_finished(output_dir, row)]
+    names_in_output_dir = set(storage.listdir(output_dir))
+    todo = [row for row in shard if not outputs.is_finished(output_dir, row, names_in_output_dir)]
     logging.info("shard %d of %d: %d rows, %d already finished, %d to sample", shard_id, num_shards, len(shard),
                  len(shard) - len(todo), len(todo))
     ssr_adapter = ssr_adapter if use_ssr else None
