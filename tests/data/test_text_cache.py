@@ -264,9 +264,12 @@ def test_cache_built_on_gcs_reads_back_like_the_local_one(cache_dir, synthetic_d
         else:
             assert content == open(path, "rb").read()
 
-    from_bucket, local = cached_iterator(gcs_cache), cached_iterator(cache_dir)
-    for _ in range(64 // BATCH):
-        bucket_batch, local_batch = next(from_bucket), next(local)
+    # One after the other: both register the same `<task>_cached_text` name, which the iterators look up lazily.
+    from_bucket = cached_iterator(gcs_cache)
+    bucket_batches = [next(from_bucket) for _ in range(64 // BATCH)]
+    local = cached_iterator(cache_dir)
+    for bucket_batch in bucket_batches:
+        local_batch = next(local)
         assert set(bucket_batch) == set(local_batch)
         for key, value in local_batch.items():
             np.testing.assert_array_equal(bucket_batch[key], value)
