@@ -21,6 +21,7 @@ No local directory is ever created from a URI: local paths are made absolute, UR
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -50,6 +51,21 @@ def normalize(path: str | os.PathLike) -> str:
 def join(base: str | os.PathLike, *parts: str) -> str:
     """Joins with `/`, for URIs and local paths alike."""
     return "/".join([os.fspath(base).rstrip("/"), *(part.strip("/") for part in parts)])
+
+
+def parent(path: str | os.PathLike) -> str:
+    """The folder holding `path` (a URI stays a URI)."""
+    path = normalize(path)
+    return path.rsplit("/", 1)[0] if is_uri(path) else os.path.dirname(path)
+
+
+def resolve(base_dir: str | os.PathLike, path: str | os.PathLike) -> str:
+    """`path` as given when it is a URI or absolute (after `~` expansion), else relative to `base_dir`."""
+    path = os.fspath(path)
+    if is_uri(path):
+        return path
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else join(base_dir, path)
 
 
 def as_path(path: str | os.PathLike) -> epath.Path:
@@ -119,6 +135,43 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
+@contextlib.contextmanager
+def atomic_local_file(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
+    """A local temporary file for a library that writes only to local files (PyAV, TFRecordWriter ...); on a
+    clean exit it becomes `path` atomically (renamed into place locally, one object upload for a URI)."""
+    if is_uri(path):
+        with tempfile.TemporaryDirectory(prefix="lumiere_write_") as folder:
+            temporary = os.path.join(folder, "file" + suffix)
+            yield temporary
+            with open(temporary, "rb") as file:
+                write_bytes_atomic(path, file.read())
+        return
+    target = normalize(path)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    handle, temporary = tempfile.mkstemp(suffix=suffix, dir=os.path.dirname(target), prefix=".tmp_")
+    os.close(handle)
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+@contextlib.contextmanager
+def local_file(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
+    """A local file holding `path`'s bytes, for a library that reads only local files: `path` itself when
+    local, else a temporary download (named with `suffix`, for readers that go by the extension)."""
+    if not is_uri(path):
+        yield normalize(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="lumiere_read_") as folder:
+        temporary = os.path.join(folder, "file" + suffix)
+        with open(temporary, "wb") as file:
+            file.write(read_bytes(path))
+        yield temporary
+
+
 def remove(path: str | os.PathLike) -> None:
     """Removes a file or a whole directory tree; nothing happens when it does not exist."""
     target = as_path(path)
@@ -183,6 +236,35 @@ def local_copy(source: str | os.PathLike) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="lumiere_download_") as folder:
         download_directory(source, folder)
         yield folder
+
+
+def mirror_directory(source: str | os.PathLike, fingerprint: str, local_root: str | None = None) -> str:
+    """A lasting local copy of a finished directory that no longer changes, for readers of local files only.
+
+    `source` itself when local; for a URI its files are downloaded once per (`source`, `fingerprint`) into
+    `local_root` (default `<tmp>/lumiere_mirrors`) and renamed into place whole, so a folder found there is
+    complete, also with several processes on one host. `fingerprint` must change whenever the content does
+    (e.g. the manifest that commits the directory).
+    """
+    if not is_uri(source):
+        return normalize(source)
+    root = local_root or os.path.join(tempfile.gettempdir(), "lumiere_mirrors")
+    key = hashlib.sha256(f"{normalize(source)}\n{fingerprint}".encode()).hexdigest()[:24]
+    target = os.path.join(root, key)
+    if os.path.isdir(target):
+        return target
+    os.makedirs(root, exist_ok=True)
+    download = tempfile.mkdtemp(prefix=f".tmp_{key}_", dir=root)
+    try:
+        download_directory(source, download)
+        try:
+            os.rename(download, target)
+        except OSError:
+            if not os.path.isdir(target):
+                raise  # not another process finishing the same copy first
+    finally:
+        shutil.rmtree(download, ignore_errors=True)
+    return target
 
 
 @contextlib.contextmanager

@@ -1,10 +1,11 @@
-"""A GCS-protocol server on 127.0.0.1 for tests (`gcp-storage-emulator` from PyPI, with generation headers added
-by tests/gcs_emulator_server.py), and the environment that
+"""A GCS-protocol server on 127.0.0.1 for tests (`gcp-storage-emulator` from PyPI), and the environment that
 points every client at it: gcsfs / etils epath and google-cloud-storage (`STORAGE_EMULATOR_HOST`), TensorStore,
 Orbax's array writer (`TENSORSTORE_GCS_HTTP_URL`, `GOOGLE_AUTH_TOKEN_FOR_TESTING`).
 
 Checked: this emulator ignores generation preconditions (`ifGenerationMatch`), so nothing here relies on them;
-our commits are "write everything, then one marker object last".
+our commits are "write everything, then one marker object last". It also sends no `x-goog-generation` header
+with object downloads, which TensorStore's GCS driver reads ("Malformed StorageGeneration" when Orbax writes
+OCDBT checkpoints to gs://); run as a script, this file starts the emulator with that header added.
 """
 
 from __future__ import annotations
@@ -73,8 +74,7 @@ def gcs_emulator(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "w")  # noqa: SIM115 -- closed below
     server = subprocess.Popen(
-        [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gcs_emulator_server.py"),
-         "--host=127.0.0.1", f"--port={port}"],
+        [sys.executable, os.path.abspath(__file__), "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
         stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 30
     while True:
@@ -99,3 +99,29 @@ def gcs_emulator(tmp_path_factory):
         server.terminate()
         server.wait(timeout=10)
         log.close()
+
+
+def _serve() -> None:
+    """The emulator's command line, with downloads that also carry the object's generation headers."""
+    from gcp_storage_emulator.exceptions import NotFound  # noqa: PLC0415
+    from gcp_storage_emulator.handlers import objects  # noqa: PLC0415 -- patched before the server imports it
+
+    download = objects.download
+
+    def download_with_generation(request, response, storage, *args, **kwargs):
+        download(request, response, storage, *args, **kwargs)
+        try:
+            stored = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+        except NotFound:
+            return
+        response["x-goog-generation"] = str(stored["generation"])
+        response["x-goog-metageneration"] = str(stored.get("metageneration", "1"))
+
+    objects.download = download_with_generation
+    from gcp_storage_emulator.__main__ import main  # noqa: PLC0415
+
+    main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    _serve()

@@ -62,3 +62,46 @@ def test_gcs_writes_land_in_the_bucket(gcs_emulator, tmp_path, monkeypatch):
     storage.write_text_atomic(f"{bucket}/run/config.gin", "x = 1")
     assert gcs_emulator.objects(bucket) == ["run/config.gin"]
     assert not os.path.exists(tmp_path / "gs:")
+
+
+def test_paths_resolve_against_local_folders_and_uris(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage.parent("gs://bucket/inputs/rows.jsonl") == "gs://bucket/inputs"
+    assert storage.parent("inputs/rows.jsonl") == str(tmp_path / "inputs")
+    assert storage.resolve("gs://bucket/inputs", "image.png") == "gs://bucket/inputs/image.png"
+    assert storage.resolve("gs://bucket/inputs", "/data/image.png") == "/data/image.png"
+    assert storage.resolve("/data", "gs://other/image.png") == "gs://other/image.png"
+    assert storage.resolve("/data", "~/image.png") == os.path.expanduser("~/image.png")
+
+
+def test_local_files_for_libraries_that_need_them(root):
+    target = storage.join(root, "videos", "clip.mp4")
+    with pytest.raises(RuntimeError):
+        with storage.atomic_local_file(target, ".mp4") as temporary:
+            open(temporary, "wb").write(b"half")
+            raise RuntimeError("the encoder failed")
+    assert not storage.exists(target)
+    with storage.atomic_local_file(target, ".mp4") as temporary:
+        assert temporary.endswith(".mp4") and not storage.is_uri(temporary)
+        open(temporary, "wb").write(b"video bytes")
+    assert storage.read_bytes(target) == b"video bytes"
+    with storage.local_file(target, ".mp4") as local:
+        assert not storage.is_uri(local) and open(local, "rb").read() == b"video bytes"
+    assert storage.listdir(storage.join(root, "videos")) == ["clip.mp4"]  # no temporary left behind
+
+
+def test_mirror_is_downloaded_once_per_fingerprint(root, tmp_path):
+    source = storage.join(root, "split")
+    storage.write_text_atomic(storage.join(source, "shard-0"), "a")
+    storage.write_text_atomic(storage.join(source, "sub", "shard-1"), "b")
+    mirror = storage.mirror_directory(source, "manifest 1", local_root=str(tmp_path / "mirrors"))
+    if not storage.is_uri(root):
+        assert mirror == storage.normalize(source)
+        return
+    assert open(os.path.join(mirror, "sub", "shard-1")).read() == "b"
+    storage.write_text_atomic(storage.join(source, "shard-0"), "changed")
+    assert storage.mirror_directory(source, "manifest 1", local_root=str(tmp_path / "mirrors")) == mirror
+    assert open(os.path.join(mirror, "shard-0")).read() == "a"  # same fingerprint: no second download
+    fresh = storage.mirror_directory(source, "manifest 2", local_root=str(tmp_path / "mirrors"))
+    assert fresh != mirror and open(os.path.join(fresh, "shard-0")).read() == "changed"
+    assert sorted(os.listdir(tmp_path / "mirrors")) == sorted([os.path.basename(mirror), os.path.basename(fresh)])

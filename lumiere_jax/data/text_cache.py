@@ -9,9 +9,13 @@ the captions' tokens with the frozen encoder in fixed-size jitted batches and wr
       "num_tokens"      the token count; "text_embeddings" float16 bytes of [num_tokens, D] (real tokens only)
   <cache_dir>/<task>/<split>/manifest.json   written last, so its presence marks a complete split
 
-Shards and manifest are written under temporary names and renamed, so a reader never sees a partial
-split; a rerun skips complete splits and rebuilds partial ones. Embeddings are stored as float16: half
-the bytes of float32 with 8x bfloat16's precision (10 mantissa bits), and T5 outputs come out of a final
+Shards are written under temporary names and renamed (in a local folder uploaded afterwards when the cache is
+on `gs://`), then the manifest last: a split without its manifest is partial, never read; a rerun skips
+complete splits and rebuilds partial ones. A `gs://` cache is read by training from a local mirror of each
+split, downloaded once per host and manifest (`_readable_split_dir`): tf.data keeps reading local TFRecord
+files with the checkpointable iterators the data snapshots need.
+
+Embeddings are stored as float16: half the bytes of float32 with 8x bfloat16's precision (10 mantissa bits), and T5 outputs come out of a final
 RMS norm, so their magnitude (at most sqrt(D) times the norm's scale) stays far inside float16's range;
 an overflow is an error, never a silent inf.
 
@@ -27,12 +31,15 @@ Command line (gin flags as every entry point, lumiere_jax/gin_cli.py; gin_config
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fnmatch
 import functools
 import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -43,6 +50,7 @@ import seqio
 import tensorflow as tf
 
 from lumiere_jax import gin_cli
+from lumiere_jax import storage
 from lumiere_jax.data import preprocessors
 from lumiere_jax.data import tasks as tasks_lib
 from lumiere_jax.data import vocab as vocab_lib
@@ -94,20 +102,17 @@ def cached_name(name: str) -> str:
 
 
 def split_dir(cache_dir: str, task_name: str, split: str) -> str:
-    return os.path.join(cache_dir, task_name, split)
+    return storage.join(cache_dir, task_name, split)
 
 
-def _shard_pattern(directory: str, task_name: str) -> str:
-    return os.path.join(directory, f"{task_name}.tfrecord-*-of-*")
+def _shard_glob(task_name: str) -> str:
+    return f"{task_name}.tfrecord-*-of-*"
 
 
 def read_manifest(directory: str) -> dict | None:
     """The manifest of a complete split directory, or None when the split is absent or partial."""
-    path = os.path.join(directory, MANIFEST)
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as file:
-        return json.load(file)
+    path = storage.join(directory, MANIFEST)
+    return storage.read_json(path) if storage.exists(path) else None
 
 
 def check_manifest(manifest: dict, expected: EncoderIdentity, directory: str) -> None:
@@ -216,7 +221,8 @@ def encode_batch(
 
 
 class _ShardWriter:
-    """Deals records round-robin into `num_shards` temporary shards; `commit` renames them to their final names."""
+    """Deals records round-robin into `num_shards` temporary shards in a local folder; `commit` renames them to
+    their final names."""
 
     def __init__(self, directory: str, task_name: str, num_shards: int):
         self.directory, self.task_name = directory, task_name
@@ -235,11 +241,25 @@ class _ShardWriter:
             writer.close()
         written = self.temp_paths[:self.count]  # round-robin: shards past `count` stayed empty
         for path in self.temp_paths[self.count:]:
-            tf.io.gfile.remove(path)
+            os.remove(path)
         for index, path in enumerate(written):
             final = os.path.join(self.directory, f"{self.task_name}.tfrecord-{index:05d}-of-{len(written):05d}")
-            tf.io.gfile.rename(path, final, overwrite=True)
+            os.replace(path, final)
         return len(written)
+
+
+@contextlib.contextmanager
+def _local_shard_folder(directory: str) -> Iterator[str]:
+    """Where TensorFlow writes the shards of `directory`: the folder itself when local, else a local temporary
+    folder whose files are uploaded to `directory` on a clean exit (tf.io.gfile's GCS client cannot be pointed
+    at another endpoint, and one client for every object keeps tests and pods alike)."""
+    if storage.is_uri(directory):
+        with tempfile.TemporaryDirectory(prefix="lumiere_text_cache_") as folder:
+            yield folder
+            storage.copy_tree(folder, directory)
+    else:
+        storage.makedirs(directory)
+        yield storage.normalize(directory)
 
 
 def _merge_shapes(known: list[int | None] | None, shape: Sequence[int | None]) -> list[int | None]:
@@ -251,7 +271,8 @@ def _merge_shapes(known: list[int | None] | None, shape: Sequence[int | None]) -
 def _is_complete(directory: str, manifest: dict | None, task_name: str) -> bool:
     if manifest is None:
         return False
-    return len(tf.io.gfile.glob(_shard_pattern(directory, task_name))) == manifest["num_shards"]
+    shards = fnmatch.filter(storage.listdir(directory), _shard_glob(task_name))
+    return len(shards) == manifest["num_shards"]
 
 
 def build_split(
@@ -276,31 +297,28 @@ def build_split(
         if _is_complete(directory, manifest, task_name):
             logging.info("text cache %s is complete (%d examples); nothing to do", directory, manifest["count"])
             return manifest
-    if tf.io.gfile.exists(directory):
+    if storage.exists(directory):
         logging.info("removing the partial text cache in %s", directory)
-        tf.io.gfile.rmtree(directory)
-    tf.io.gfile.makedirs(directory)
+        storage.remove(directory)
     recipe = tasks_lib.pixel_task_recipe(task_name)
-    writer = _ShardWriter(directory, task_name, num_shards)
     frame_shape = None
-    examples = caption_examples(task_name, split, identity.text_length).as_numpy_iterator()
-    for batch in _batches(examples, batch_size):
-        token_lists = [example["text_tokens"] for example in batch]
-        embeddings = encode_batch(encoder, params, token_lists, batch_size, identity.text_length)
-        for example, example_embeddings in zip(batch, embeddings):
-            frame_shape = _merge_shapes(frame_shape, example["frame_shape"])
-            writer.write(serialize_example(example, example_embeddings))
-    if writer.count == 0:
-        raise ValueError(f"split {split!r} of task {task_name!r} is empty; nothing to cache")
-    num_shards = writer.commit()
+    with _local_shard_folder(directory) as local_dir:
+        writer = _ShardWriter(local_dir, task_name, num_shards)
+        examples = caption_examples(task_name, split, identity.text_length).as_numpy_iterator()
+        for batch in _batches(examples, batch_size):
+            token_lists = [example["text_tokens"] for example in batch]
+            embeddings = encode_batch(encoder, params, token_lists, batch_size, identity.text_length)
+            for example, example_embeddings in zip(batch, embeddings):
+                frame_shape = _merge_shapes(frame_shape, example["frame_shape"])
+                writer.write(serialize_example(example, example_embeddings))
+        if writer.count == 0:
+            raise ValueError(f"split {split!r} of task {task_name!r} is empty; nothing to cache")
+        num_shards = writer.commit()
     pixel_shape = frame_shape if recipe.spec.key == "video" else frame_shape[1:]
     manifest = {"format_version": FORMAT_VERSION, "source_task": task_name, "split": split, **identity.fields(),
                 "count": writer.count, "num_shards": num_shards, "pixel_key": recipe.spec.key,
                 "pixel_shape": pixel_shape}
-    temp_manifest = os.path.join(directory, _TEMP_PREFIX + MANIFEST)
-    with tf.io.gfile.GFile(temp_manifest, "w") as file:
-        json.dump(manifest, file, indent=2)
-    tf.io.gfile.rename(temp_manifest, os.path.join(directory, MANIFEST), overwrite=True)
+    storage.write_json_atomic(storage.join(directory, MANIFEST), manifest)  # last: it commits the split
     logging.info("cached %d examples of %s/%s in %d shards under %s", writer.count, task_name, split, num_shards,
                  directory)
     return manifest
@@ -380,14 +398,20 @@ def decode_cached(
     return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _readable_split_dir(directory: str, manifest: dict) -> str:
+    """A folder tf.data can read the split's shards from: `directory` when local; for a `gs://` cache a local
+    mirror downloaded once per host and manifest (storage.mirror_directory), since tf.io.gfile's GCS client
+    cannot reach other endpoints (emulators) and a local copy keeps tf.data's iterator checkpoints working."""
+    return storage.mirror_directory(directory, json.dumps(manifest, sort_keys=True))
+
+
 def register_cached_text_task(task_name: str, cache_dir: str, expected: EncoderIdentity) -> seqio.Task:
     """Registers `<task>_cached_text` over every complete split cached for `task_name` (checked against
     `expected`), with the task's pixel preprocessors (frame sampling, crops, normalisation)."""
     recipe = tasks_lib.pixel_task_recipe(task_name)
-    task_dir = os.path.join(cache_dir, task_name)
     manifests = {}
-    for split in sorted(tf.io.gfile.listdir(task_dir)) if tf.io.gfile.isdir(task_dir) else []:
-        directory = split_dir(cache_dir, task_name, split.rstrip("/"))
+    for split in storage.listdir(storage.join(cache_dir, task_name)):
+        directory = split_dir(cache_dir, task_name, split)
         manifest = read_manifest(directory)
         if manifest is not None:
             check_manifest(manifest, expected, directory)
@@ -396,9 +420,12 @@ def register_cached_text_task(task_name: str, cache_dir: str, expected: EncoderI
         raise ValueError(f"no complete text cache for task {task_name!r} under {cache_dir}; build it with "
                          "python -m lumiere_jax.data.text_cache (see gin_configs/data/text_cache.gin)")
     pixel_shape = functools.reduce(_merge_shapes, [m["pixel_shape"] for m in manifests.values()], None)
+    shard_patterns = {split: os.path.join(_readable_split_dir(split_dir(cache_dir, task_name, split), manifest),
+                                          _shard_glob(task_name))
+                      for split, manifest in manifests.items()}
     source = seqio.TFExampleDataSource(
-        {split: _shard_pattern(split_dir(cache_dir, task_name, split), task_name) for split in manifests},
-        _feature_description(), num_input_examples={split: m["count"] for split, m in manifests.items()})
+        shard_patterns, _feature_description(),
+        num_input_examples={split: m["count"] for split, m in manifests.items()})
     features = tasks_lib.output_features(recipe.vocabulary, recipe.modality)
     features["text_embeddings"] = seqio.Feature(
         seqio.PassThroughVocabulary(size=0), add_eos=False, dtype=tf.float32, rank=2)

@@ -1,15 +1,18 @@
-"""Video files <-> uint8 frames with PyAV (no ffmpeg binary needed). Writes are atomic."""
+"""Video files <-> uint8 frames with PyAV (no ffmpeg binary needed). Writes are atomic.
+
+Paths may be local or object-store URIs (`gs://...`): PyAV works on local files, so a URI is read from a
+temporary download and written as a local temporary file uploaded once complete (lumiere_jax/storage.py).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import fractions
 import os
-import tempfile
-from collections.abc import Iterator
 
 import av
 import numpy as np
+
+from lumiere_jax import storage
 
 
 class VideoReadError(RuntimeError):
@@ -19,7 +22,7 @@ class VideoReadError(RuntimeError):
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     """Decodes every frame of the first video stream: (frames uint8 [T, H, W, 3], fps)."""
     try:
-        with av.open(str(path)) as container:
+        with storage.local_file(path, os.path.splitext(os.fspath(path))[1]) as local, av.open(local) as container:
             if not container.streams.video:
                 raise VideoReadError(f"{path}: no video stream")
             stream = container.streams.video[0]
@@ -43,21 +46,6 @@ def _check_frames(frames: np.ndarray, fps: float) -> None:
             "convert [-1, 1] floats with ((x + 1) * 127.5).round().clip(0, 255).astype(np.uint8)")
 
 
-@contextlib.contextmanager
-def _atomic_path(path: str | os.PathLike, suffix: str) -> Iterator[str]:
-    """Yields a temporary path in the target folder; renames it onto `path` only on success."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=suffix, dir=folder, prefix=".tmp_")
-    os.close(handle)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int = 18) -> None:
     """Encodes frames uint8 [T, H, W, 3] as H.264 mp4 (yuv420p: odd sizes are padded by one pixel)."""
     _check_frames(frames, fps)
@@ -65,7 +53,7 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int 
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    with _atomic_path(path, ".mp4") as temporary:
+    with storage.atomic_local_file(path, ".mp4") as temporary:
         with av.open(temporary, mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=fractions.Fraction(fps).limit_denominator(1001))
             stream.width, stream.height = frames.shape[2], frames.shape[1]
@@ -79,7 +67,7 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int 
 def write_gif(path: str | os.PathLike, frames: np.ndarray, fps: float) -> None:
     """Encodes frames uint8 [T, H, W, 3] as an animated GIF (fixed 3-3-2 bit palette: previews only)."""
     _check_frames(frames, fps)
-    with _atomic_path(path, ".gif") as temporary:
+    with storage.atomic_local_file(path, ".gif") as temporary:
         with av.open(temporary, mode="w", format="gif") as container:
             stream = container.add_stream("gif", rate=fractions.Fraction(fps).limit_denominator(1001))
             stream.width, stream.height = frames.shape[2], frames.shape[1]

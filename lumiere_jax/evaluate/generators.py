@@ -3,31 +3,39 @@
 `sampling_job_generator` runs the batch sampling job (`lumiere_jax.sample.job.sample_videos`, configured by
 the same gin files as `python -m lumiere_jax.sample`) on one checkpoint, writing its rows with their seeds to
 `<work_dir>/prompts.jsonl` and the videos (+ exact `.npy` frames) to `<work_dir>`. The sampling job skips
-rows that are already finished, so a killed evaluation also resumes inside a checkpoint.
+rows that are already finished, so a killed evaluation also resumes inside a checkpoint. `work_dir` may be local
+or `gs://` (lumiere_jax/storage.py).
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from collections.abc import Sequence
 
 import gin
 import numpy as np
 
+from lumiere_jax import storage
+
 
 def write_rows(path: str, prompts: Sequence[str], seeds: Sequence[int]) -> list[str]:
     """Writes a sampling-job .jsonl (one row per prompt with its seed); returns the row ids."""
     ids = [f"{index:06d}" for index in range(len(prompts))]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as file:
-        for row_id, prompt, seed in zip(ids, prompts, seeds):
-            file.write(json.dumps({"id": row_id, "prompt": prompt, "seed": int(seed)}) + "\n")
+    storage.write_text_atomic(path, "".join(json.dumps({"id": row_id, "prompt": prompt, "seed": int(seed)}) + "\n"
+                                            for row_id, prompt, seed in zip(ids, prompts, seeds)))
     return ids
 
 
+def load_npy(path: str) -> np.ndarray:
+    """A local `.npy` memory-mapped; one on an object store read whole (one video)."""
+    if storage.is_uri(path):
+        return np.load(io.BytesIO(storage.read_bytes(path)))
+    return np.load(path, mmap_mode="r")
+
+
 class NpyVideos(Sequence):
-    """Videos stored as `.npy` files, memory-mapped on access (10,000 UCF101 samples do not fit in RAM)."""
+    """Videos stored as `.npy` files, loaded on access (10,000 UCF101 samples do not fit in RAM)."""
 
     def __init__(self, paths: Sequence[str]):
         self.paths = list(paths)
@@ -37,8 +45,8 @@ class NpyVideos(Sequence):
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return [np.load(path, mmap_mode="r") for path in self.paths[index]]
-        return np.load(self.paths[index], mmap_mode="r")
+            return [load_npy(path) for path in self.paths[index]]
+        return load_npy(self.paths[index])
 
 
 @gin.configurable
@@ -46,7 +54,7 @@ def sampling_job_generator(step_dir: str, prompts: Sequence[str], seeds: Sequenc
     """Samples one video per prompt from the checkpoint `step_dir` with the sampling job."""
     from lumiere_jax.sample import job as sample_job  # noqa: PLC0415 -- the sampler is only needed here
 
-    rows_path = os.path.join(work_dir, "prompts.jsonl")
+    rows_path = storage.join(work_dir, "prompts.jsonl")
     ids = write_rows(rows_path, prompts, seeds)
     sample_job.sample_videos(output_dir=work_dir, prompts=rows_path, base_checkpoint=step_dir, save_arrays=True)
-    return NpyVideos([os.path.join(work_dir, f"{row_id}.npy") for row_id in ids])
+    return NpyVideos([storage.join(work_dir, f"{row_id}.npy") for row_id in ids])

@@ -6,15 +6,14 @@ in `MODEL_DIR/eval/<name>/` and the full result to `MODEL_DIR/eval/<name>/metric
 written last and atomically: a step is finished exactly when its JSON exists, so a killed job resumes with
 the first unfinished step (a step killed after its TensorBoard write but before its JSON is recomputed and
 logged again at the same step). With `watch=True` the job polls for new checkpoints until `final_step`
-is evaluated or no new checkpoint appears for `idle_timeout_s` seconds.
+is evaluated or no new checkpoint appears for `idle_timeout_s` seconds. MODEL_DIR may be local or `gs://`
+(lumiere_jax/storage.py; TensorBoard files of a `gs://` run are written locally and uploaded after each step).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -23,8 +22,8 @@ import jax
 import numpy as np
 from clu import metric_writers
 
+from lumiere_jax import storage
 from lumiere_jax.evaluate import metrics as metrics_lib
-from lumiere_jax.sample import outputs
 from lumiere_jax.train import checkpoints
 
 EVAL_SUBDIR = "eval"
@@ -36,28 +35,43 @@ Generator = Callable[[str, Sequence[str], Sequence[int], str], Sequence[np.ndarr
 
 def finished_checkpoint_steps(model_dir: str) -> list[int]:
     """Steps under MODEL_DIR/checkpoints whose Orbax state is complete (in-progress saves are skipped)."""
-    directory = os.path.join(model_dir, checkpoints.CHECKPOINTS_SUBDIR)
-    if not os.path.isdir(directory):
-        return []
+    directory = storage.join(model_dir, checkpoints.CHECKPOINTS_SUBDIR)
     steps = []
-    for name in os.listdir(directory):
-        state = os.path.join(directory, name, "state")
-        if name.isdigit() and (os.path.isfile(os.path.join(state, "_METADATA"))
-                               or os.path.isfile(os.path.join(state, "commit_success.txt"))):
+    for name in storage.listdir(directory):
+        state = storage.join(directory, name, "state")
+        if name.isdigit() and any(storage.isfile(storage.join(state, marker))
+                                  for marker in ("_METADATA", "commit_success.txt")):
             steps.append(int(name))
     return sorted(steps)
 
 
 def metrics_path(eval_dir: str, step: int) -> str:
-    return os.path.join(eval_dir, f"metrics_{step:08d}.json")
+    return storage.join(eval_dir, f"metrics_{step:08d}.json")
 
 
 def evaluated_steps(eval_dir: str) -> set[int]:
     """Steps whose metrics JSON exists."""
-    if not os.path.isdir(eval_dir):
-        return set()
-    return {int(name[len("metrics_"):-len(".json")]) for name in os.listdir(eval_dir)
+    return {int(name[len("metrics_"):-len(".json")]) for name in storage.listdir(eval_dir)
             if name.startswith("metrics_") and name.endswith(".json")}
+
+
+class _EventFiles:
+    """TensorBoard event files for `eval_dir`: TensorFlow writes them itself, so for a URI they are written
+    to a local folder and uploaded after every flush (`sync`); a local `eval_dir` is written in place."""
+
+    def __init__(self, eval_dir: str):
+        self.eval_dir = eval_dir
+        self._staging = tempfile.TemporaryDirectory(prefix="lumiere_events_") if storage.is_uri(eval_dir) else None
+        self.local_dir = self._staging.name if self._staging else eval_dir
+
+    def sync(self) -> None:
+        if self._staging:
+            storage.copy_tree(self.local_dir, self.eval_dir)
+
+    def close(self) -> None:
+        self.sync()
+        if self._staging:
+            self._staging.cleanup()
 
 
 def evaluate_step(step_dir: str, step: int, prompts: Sequence[str], seeds: Sequence[int], generator: Generator,
@@ -107,13 +121,14 @@ def evaluate(
     """
     if not prompts:
         raise ValueError("the prompt set is empty; configure evaluate.prompts")
-    eval_dir = os.path.join(os.path.abspath(model_dir), EVAL_SUBDIR, name)
-    os.makedirs(eval_dir, exist_ok=True)
+    eval_dir = storage.join(storage.normalize(model_dir), EVAL_SUBDIR, name)
+    storage.makedirs(eval_dir)
     all_prompts = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
     seeds = [seed + index for index in range(len(all_prompts))]
     # Every host generates (the sampling job is multi-host) and scores; process 0 writes.
     is_writer = jax.process_index() == 0
-    writer = metric_writers.create_default_writer(eval_dir, just_logging=not is_writer, asynchronous=False)
+    events = _EventFiles(eval_dir)
+    writer = metric_writers.create_default_writer(events.local_dir, just_logging=not is_writer, asynchronous=False)
     computed: dict[int, dict] = {}
     last_new = time.monotonic()
     try:
@@ -127,17 +142,18 @@ def evaluate(
                 available = [step for step in available if step in set(steps)]
             todo = [step for step in available if step not in evaluated_steps(eval_dir)]
             for step in todo:
-                step_dir = os.path.join(model_dir, checkpoints.CHECKPOINTS_SUBDIR, str(step))
+                step_dir = storage.join(model_dir, checkpoints.CHECKPOINTS_SUBDIR, str(step))
                 logging.info("evaluating %s (%d videos, metrics %s)", step_dir, len(all_prompts),
                              [metric.name for metric in metrics])
-                work_dir = os.path.join(eval_dir, "videos", f"{step:08d}")
+                work_dir = storage.join(eval_dir, "videos", f"{step:08d}")
                 payload = evaluate_step(step_dir, step, all_prompts, seeds, generator, metrics, work_dir)
                 writer.write_scalars(step, payload["metrics"])
                 writer.flush()
                 if is_writer:
-                    outputs.write_json_atomic(metrics_path(eval_dir, step), payload)
+                    events.sync()
+                    storage.write_json_atomic(metrics_path(eval_dir, step), payload)
                     if not keep_videos:
-                        shutil.rmtree(work_dir, ignore_errors=True)
+                        storage.remove(work_dir)
                 computed[step] = payload
                 last_new = time.monotonic()
             if not watch or _all_done(eval_dir, steps, final_step):
@@ -148,6 +164,7 @@ def evaluate(
             time.sleep(poll_seconds)
     finally:
         writer.close()
+        events.close()
 
 
 def _all_done(eval_dir: str, steps: Sequence[int] | None, final_step: int | None) -> bool:
@@ -159,9 +176,5 @@ def _all_done(eval_dir: str, steps: Sequence[int] | None, final_step: int | None
 
 def read_results(model_dir: str, name: str = "default") -> dict[int, dict]:
     """`{step: payload}` of every finished step of an evaluation."""
-    eval_dir = os.path.join(os.path.abspath(model_dir), EVAL_SUBDIR, name)
-    results = {}
-    for step in sorted(evaluated_steps(eval_dir)):
-        with open(metrics_path(eval_dir, step)) as file:
-            results[step] = json.load(file)
-    return results
+    eval_dir = storage.join(storage.normalize(model_dir), EVAL_SUBDIR, name)
+    return {step: storage.read_json(metrics_path(eval_dir, step)) for step in sorted(evaluated_steps(eval_dir))}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gin
 import numpy as np
 
+from lumiere_jax import storage
 from lumiere_jax.data import synthetic_render
 
 
@@ -18,9 +19,9 @@ def synthetic_prompts(num_prompts: int = 32, seed: int = 0) -> list[str]:
 
 @gin.configurable
 def file_prompts(path: str = gin.REQUIRED) -> list[str]:
-    """One prompt per non-empty line (e.g. the paper's 109-prompt set, which the user provides)."""
-    with open(path, encoding="utf-8") as file:
-        prompts = [line.strip() for line in file if line.strip()]
+    """One prompt per non-empty line of a local or `gs://` file (e.g. the paper's 109-prompt set, which the user
+    provides)."""
+    prompts = [line.strip() for line in storage.read_bytes(path).decode("utf-8").splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"{path} has no prompts; write one per line")
     return prompts

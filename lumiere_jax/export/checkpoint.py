@@ -10,14 +10,14 @@ Layout of an inference checkpoint (EXPORT_DIR):
                               e.g. "down_0_res_0/conv_0/kernel"; layouts as Flax (conv kernels [kh, kw, in, out],
                               dense kernels [in, out]); the metadata repeats the manifest's key facts
   sample_fn.jax_export        `jax.export` serialization (StableHLO) of base-model sampling, see `sampling_function`
-`lumiere_jax.sample` loads EXPORT_DIR wherever it takes a checkpoint (sample/weights.py).
+`lumiere_jax.sample` loads EXPORT_DIR wherever it takes a checkpoint (sample/weights.py). EXPORT_DIR may be
+local or `gs://`: Orbax writes `params/` itself, every other file goes through lumiere_jax/storage.py, and the
+manifest is written last (an export without it is unfinished and is redone).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from typing import Any
 
 import jax
@@ -27,9 +27,9 @@ import orbax.checkpoint as ocp
 import safetensors.numpy
 from jax.experimental import multihost_utils
 
+from lumiere_jax import storage
 from lumiere_jax.diffusion import schedules
 from lumiere_jax.sample import applications
-from lumiere_jax.sample import outputs
 from lumiere_jax.sample import weights
 from lumiere_jax.train import adapter as adapter_lib
 from lumiere_jax.train import checkpoints as checkpoints_lib
@@ -105,8 +105,7 @@ def export_sampling_function(adapter: adapter_lib.ModelAdapter, params: Params, 
 
 def load_sampling_function(path: str):
     """Deserializes an exported sampling function: call `.call(params, text_encoder_params, *arrays)`."""
-    with open(path, "rb") as file:
-        return jax.export.deserialize(bytearray(file.read()))
+    return jax.export.deserialize(bytearray(storage.read_bytes(path)))
 
 
 def host_params(params: Params) -> dict[str, np.ndarray]:
@@ -120,9 +119,8 @@ def write_safetensors(path: str, flat_params: dict[str, np.ndarray], metadata: d
     native bfloat16 for the safetensors NumPy writer)."""
     tensors = {name: (value.astype(np.float32) if value.dtype == jnp.bfloat16 else value)
                for name, value in flat_params.items()}
-    temporary = path + ".tmp"
-    safetensors.numpy.save_file(tensors, temporary, metadata=metadata)
-    os.replace(temporary, path)
+    with storage.atomic_local_file(path, ".safetensors") as temporary:
+        safetensors.numpy.save_file(tensors, temporary, metadata=metadata)
 
 
 def export(
@@ -144,13 +142,15 @@ def export(
     `output_dir`; returns its manifest. See the module docstring for the layout."""
     if weights.is_inference_checkpoint(checkpoint):
         raise ValueError(f"{checkpoint} is already an inference checkpoint; export reads training checkpoints")
-    if os.path.exists(os.path.join(output_dir, weights.INFERENCE_MANIFEST)):
+    if weights.is_inference_checkpoint(output_dir):
         raise FileExistsError(f"{output_dir} already holds an inference checkpoint; choose a new output_dir")
     params, info = weights.load_params(checkpoint, weights.abstract_params(adapter, mesh, rules), use_ema)
-    os.makedirs(output_dir, exist_ok=True)
-    params_dir = os.path.join(os.path.abspath(output_dir), weights.PARAMS_ITEM)
-    if os.path.exists(params_dir):
-        shutil.rmtree(params_dir)  # left by an export that died before writing its manifest
+    output_dir = storage.normalize(output_dir)
+    storage.makedirs(output_dir)
+    params_dir = storage.join(output_dir, weights.PARAMS_ITEM)
+    if jax.process_index() == 0:
+        storage.remove(params_dir)  # left by an export that died before writing its manifest
+    multihost_utils.sync_global_devices("export: stale params removed")
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(params_dir, params)
     checkpointer.wait_until_finished()
@@ -163,19 +163,18 @@ def export(
         "signature": checkpoints_lib.model_signature(params), "files": {"params": weights.PARAMS_ITEM},
     }
     if jax.process_index() == 0:
-        run_config = os.path.join(os.path.dirname(os.path.dirname(info["source"])), "operative_config.gin")
-        if os.path.isfile(run_config):
-            shutil.copyfile(run_config, os.path.join(output_dir, "train_operative_config.gin"))
+        run_config = storage.join(storage.parent(storage.parent(info["source"])), "operative_config.gin")
+        if storage.isfile(run_config):
+            storage.copy_file(run_config, storage.join(output_dir, "train_operative_config.gin"))
             manifest["files"]["train_operative_config"] = "train_operative_config.gin"
-        with open(os.path.join(output_dir, "operative_config.gin"), "w") as file:
-            file.write(gin_config)
+        storage.write_text_atomic(storage.join(output_dir, "operative_config.gin"), gin_config)
         manifest["files"]["operative_config"] = "operative_config.gin"
     if write_safetensors_file:
         flat = host_params(params)
         if jax.process_index() == 0:
             metadata = {"format": weights.INFERENCE_FORMAT, "key_naming": KEY_NAMING, "step": str(info["step"]),
                         "weights": info["weights"], "model_name": adapter.name}
-            write_safetensors(os.path.join(output_dir, SAFETENSORS_FILE), flat, metadata)
+            write_safetensors(storage.join(output_dir, SAFETENSORS_FILE), flat, metadata)
         manifest["files"]["safetensors"] = SAFETENSORS_FILE
         manifest["safetensors_key_naming"] = KEY_NAMING
     if export_function and adapter.stage not in ("video", "conditional"):
@@ -184,14 +183,13 @@ def export(
         serialized, batch = export_sampling_function(adapter, params, text_encoder_params, schedule, sampling,
                                                      function_batch_size)
         if jax.process_index() == 0:
-            with open(os.path.join(output_dir, FUNCTION_FILE), "wb") as file:
-                file.write(serialized)
+            storage.write_bytes_atomic(storage.join(output_dir, FUNCTION_FILE), serialized)
         manifest["files"]["sample_fn"] = FUNCTION_FILE
         manifest["sample_fn"] = {"batch": batch, "num_steps": sampling.num_steps,
                                  "arguments": ["params", "text_encoder_params", *function_arguments(adapter)],
                                  "sampling": {key: value for key, value in vars(sampling).items()}}
     if jax.process_index() == 0:
-        outputs.write_json_atomic(os.path.join(output_dir, weights.INFERENCE_MANIFEST), manifest)
+        storage.write_json_atomic(storage.join(output_dir, weights.INFERENCE_MANIFEST), manifest)
     logging.info("exported step %s (%s weights) of %s to %s", info["step"], info["weights"], info["source"],
                  output_dir)
     return manifest

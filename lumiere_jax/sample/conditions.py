@@ -9,15 +9,15 @@ The conditional model sees <J, C, M> on channels (paper 4.2); M = 1 marks known 
 Arrays are channels last: `video: [T, H, W, 3]` float32 in [-1, 1], `region`/`mask: [T, H, W, 1]` float32.
 Images and videos are scaled to cover the model's frame and centre-cropped (aspect kept, our choice). A
 region (mask file) must have the pixel size of the image or video it belongs to; it is cropped the same way.
+Condition files may be local or `gs://` (read through lumiere_jax/storage.py).
 """
 
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 
+from lumiere_jax import storage
 from lumiere_jax.data import video_io
 
 
@@ -27,7 +27,7 @@ class ConditionError(ValueError):
 
 def read_frames(path: str) -> np.ndarray:
     """Decodes an image or video file: uint8 `[T, H, W, 3]` (an image is one frame)."""
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise ConditionError(f"condition file {path!r} does not exist")
     try:
         frames, _ = video_io.read_video(path)

@@ -5,7 +5,8 @@ split over job shards (`shard_id`, `num_shards`); the rows of this shard that ha
 grouped by their static settings (base steps, SDEdit strength), cut into global batches (padded by
 repeating the last row), run through one jitted function sharded over the mesh (batch over the data axes,
 parameters by their logical axes), gathered, and written by process 0. Rerunning the same command skips
-finished rows, so a killed job completes where it stopped. Every row's randomness comes from its own key:
+finished rows, so a killed job completes where it stopped. Prompt files, condition files, checkpoints and
+OUTPUT_DIR may be local or `gs://` (lumiere_jax/storage.py). Every row's randomness comes from its own key:
 `PRNGKey(row seed)` if the row gives one, else `fold_in(PRNGKey(job seed), row index)`.
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from lumiere_jax import storage
 from lumiere_jax.data import vocab
 from lumiere_jax.models.t5 import training_text_encoder_rng
 from lumiere_jax.parallel import mesh as mesh_lib
@@ -240,7 +241,8 @@ def sample_videos(
     shard = rows_lib.shard_rows(all_rows, shard_id, num_shards)
     for row in shard:
         check_row_fits(row, base_adapter)
-    todo = [row for row in shard if not outputs.is_finished(output_dir, row)]
+    names_in_output_dir = set(storage.listdir(output_dir))
+    todo = [row for row in shard if not outputs.is_finished(output_dir, row, names_in_output_dir)]
     logging.info("shard %d of %d: %d rows, %d already finished, %d to sample", shard_id, num_shards, len(shard),
                  len(shard) - len(todo), len(todo))
     ssr_adapter = ssr_adapter if use_ssr else None
@@ -266,9 +268,7 @@ def sample_videos(
                         "diffusion": {"schedule": diffusion.schedule, "schedule_kwargs": diffusion.schedule_kwargs},
                         "job_seed": seed, "fps": fps, "ssr": ssr_adapter is not None}
             if jax.process_index() == 0:
-                os.makedirs(output_dir, exist_ok=True)
-                with open(os.path.join(output_dir, "config.gin"), "w") as file:
-                    file.write(gin.config_str())
+                storage.write_text_atomic(storage.join(output_dir, "config.gin"), gin.config_str())
             bar = progress.ProgressBar(len(todo), description=f"sampling shard {shard_id}/{num_shards}")
             groups: dict[tuple[int, float], list[rows_lib.Row]] = {}
             for row in todo:
@@ -286,9 +286,9 @@ def sample_videos(
     summary = {"rows_in_file": len(all_rows), "rows_in_shard": len(shard), "skipped_finished": result.skipped,
                "generated": result.generated, "seconds": round(seconds, 3),
                "rows_per_second": round(result.generated / seconds, 4) if seconds > 0 else None,
-               "shard_id": shard_id, "num_shards": num_shards, "output_dir": os.path.abspath(output_dir)}
+               "shard_id": shard_id, "num_shards": num_shards, "output_dir": storage.normalize(output_dir)}
     if jax.process_index() == 0:
-        outputs.write_json_atomic(os.path.join(output_dir, f"summary-{shard_id}-of-{num_shards}.json"), summary)
+        storage.write_json_atomic(storage.join(output_dir, f"summary-{shard_id}-of-{num_shards}.json"), summary)
     logging.info("done: %d generated, %d already finished, %d rows in shard, %.1f s (%s)", result.generated,
                  result.skipped, result.rows_in_shard, seconds, output_dir)
     return result

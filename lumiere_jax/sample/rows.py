@@ -15,17 +15,21 @@ Fields (only `prompt` is required):
   strength         SDEdit noise level t0 in (0, 1] (default: the job's)
   guidance_weight  classifier-free guidance weight of the base stage (default: the job's)
   num_steps        base sampler steps (default: the job's)
-Relative paths are resolved against the prompt file's folder. The row index counts the rows of the whole
-file (before `--shard_id/--num_shards` splitting), so a row's seed and name do not depend on the split.
+Relative paths are resolved against the prompt file's folder; the file and its paths may be `gs://` URIs.
+The row index counts the rows of the whole file (before `--shard_id/--num_shards` splitting), so a row's seed
+and name do not depend on the split.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 import re
+
+from lumiere_jax import storage
 
 MODES: tuple[str, ...] = ("t2v", "i2v", "inpaint", "cinemagraph", "sdedit")
 FIELDS: tuple[str, ...] = ("prompt", "id", "mode", "seed", "image", "video", "mask", "box", "strength",
@@ -63,11 +67,11 @@ class Row:
 
 def read_rows(path: str) -> list[Row]:
     """Reads every row of a .txt, .jsonl or .csv prompt file and checks it (modes, fields, ids, paths)."""
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise FileNotFoundError(f"prompt file {path!r} does not exist")
     extension = os.path.splitext(path)[1].lower()
-    folder = os.path.dirname(os.path.abspath(path))
-    with open(path, encoding="utf-8", newline="") as file:
+    folder = storage.parent(path)
+    with io.StringIO(storage.read_bytes(path).decode("utf-8"), newline="") as file:
         if extension == ".txt":
             records = [(number, {"prompt": line.strip()}) for number, line in enumerate(file, 1) if line.strip()]
         elif extension == ".jsonl":
@@ -124,7 +128,7 @@ def _make_row(index: int, record: dict, where: str, folder: str) -> Row:
         values["box"] = _parse_box(values["box"], where)
     for field in ("image", "video", "mask"):
         if field in values:
-            values[field] = os.path.join(folder, os.path.expanduser(str(values[field])))
+            values[field] = storage.resolve(folder, str(values[field]))
     for field in _NEEDS.get(mode, ()):
         if field not in values:
             raise RowError(f"{where}: mode {mode!r} needs a '{field}' path")

@@ -5,13 +5,13 @@ train state; only `frozen_params` plus `ema_params` (or `trainable_params`) are 
 target shardings, so optimizer state is never loaded. An inference checkpoint (written by
 `lumiere_jax.export`) is a folder with `inference_checkpoint.json` and the parameter tree in `params/`.
 Either is accepted wherever a checkpoint path is asked for: a run folder (its newest step), its
-`checkpoints/` folder, a step folder, or an inference checkpoint folder.
+`checkpoints/` folder, a step folder, or an inference checkpoint folder, local or `gs://` (Orbax reads the
+arrays; everything else goes through lumiere_jax/storage.py).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 from typing import Any
@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lumiere_jax import storage
 from lumiere_jax.parallel import mesh as mesh_lib
 from lumiere_jax.parallel import partitioning
 from lumiere_jax.sample import caching
@@ -36,7 +37,26 @@ Params = Any
 
 
 def is_inference_checkpoint(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, INFERENCE_MANIFEST))
+    return storage.isfile(storage.join(path, INFERENCE_MANIFEST))
+
+
+def resolve_step_directory(path: str) -> str:
+    """The newest committed step directory (holding `state/`) of a run, checkpoints/ or step directory.
+
+    As `train.checkpoints.resolve_step_directory`, for local paths and `gs://` URIs alike (that one makes
+    paths absolute with `os.path`, which turns a URI into a local path).
+    """
+    path = storage.normalize(path)
+    if storage.isdir(storage.join(path, "state")):
+        return path
+    if storage.isdir(storage.join(path, checkpoints_lib.CHECKPOINTS_SUBDIR)):
+        path = storage.join(path, checkpoints_lib.CHECKPOINTS_SUBDIR)
+    for step in sorted((int(name) for name in storage.listdir(path) if name.isdigit()), reverse=True):
+        state = storage.join(path, str(step), "state")
+        if any(storage.exists(storage.join(state, name)) for name in ("commit_success.txt", "_METADATA")):
+            return storage.join(path, str(step))
+    raise FileNotFoundError(f"no committed checkpoint found at {path!r}; give a training run directory, its "
+                            "checkpoints/ directory, one step directory or an exported inference checkpoint")
 
 
 def abstract_params(adapter: adapter_lib.ModelAdapter, mesh: jax.sharding.Mesh,
@@ -61,7 +81,7 @@ def _abstract_params(key, mesh: jax.sharding.Mesh, rules: tuple, adapter: cachin
 
 def _training_sources(step_dir: str, use_ema: bool) -> tuple[dict[str, tuple[str, ...]], dict[str, Any], str]:
     """`{param path: key path in the saved state}`, `{param path: stored metadata}` and which weights."""
-    tree = ocp.PyTreeCheckpointer().metadata(os.path.join(step_dir, "state")).item_metadata.tree
+    tree = ocp.PyTreeCheckpointer().metadata(storage.join(step_dir, "state")).item_metadata.tree
     has_ema = bool(state_lib.flatten(tree.get("ema_params") or {}))
     groups = ["frozen_params", "ema_params" if use_ema and has_ema else "trainable_params"]
     if use_ema and not has_ema:
@@ -75,7 +95,7 @@ def _training_sources(step_dir: str, use_ema: bool) -> tuple[dict[str, tuple[str
 
 
 def _inference_sources(path: str) -> tuple[dict[str, tuple[str, ...]], dict[str, Any]]:
-    tree = ocp.PyTreeCheckpointer().metadata(os.path.join(path, PARAMS_ITEM)).item_metadata.tree
+    tree = ocp.PyTreeCheckpointer().metadata(storage.join(path, PARAMS_ITEM)).item_metadata.tree
     flat = state_lib.flatten(tree)
     return {name: (PARAMS_ITEM, *name.split("/")) for name in flat}, flat
 
@@ -83,11 +103,10 @@ def _inference_sources(path: str) -> tuple[dict[str, tuple[str, ...]], dict[str,
 def describe(path: str, use_ema: bool = True) -> dict:
     """Where weights come from: `{"kind", "source", "step", "weights"}` (no array is read)."""
     if is_inference_checkpoint(path):
-        with open(os.path.join(path, INFERENCE_MANIFEST)) as file:
-            manifest = json.load(file)
-        return {"kind": "inference", "source": os.path.abspath(path), "step": manifest.get("step"),
+        manifest = storage.read_json(storage.join(path, INFERENCE_MANIFEST))
+        return {"kind": "inference", "source": storage.normalize(path), "step": manifest.get("step"),
                 "weights": manifest.get("weights")}
-    step_dir = checkpoints_lib.resolve_step_directory(path)
+    step_dir = resolve_step_directory(path)
     _, _, weights = _training_sources(step_dir, use_ema)
     return {"kind": "training", "source": step_dir, "step": int(os.path.basename(step_dir)), "weights": weights}
 
@@ -101,8 +120,8 @@ def load_params(path: str, abstract: Params | None = None, use_ema: bool = True)
     """
     info = describe(path, use_ema)
     if info["kind"] == "inference":
-        keys, leaves = _inference_sources(path)
-        root = path
+        keys, leaves = _inference_sources(info["source"])
+        root = info["source"]
     else:
         keys, leaves, _ = _training_sources(info["source"], use_ema)
         root = info["source"]
@@ -125,7 +144,7 @@ def load_params(path: str, abstract: Params | None = None, use_ema: bool = True)
             args = ocp.ArrayRestoreArgs(sharding=target.sharding, dtype=target.dtype)
         state_lib.set_path(item, key_path[1:], target)
         state_lib.set_path(restore_args, key_path[1:], args)
-    item_dir = os.path.join(root, keys[next(iter(targets))][0])
+    item_dir = storage.join(root, keys[next(iter(targets))][0])
     restored = ocp.PyTreeCheckpointer().restore(item_dir, args=ocp.args.PyTreeRestore(
         item=item, restore_args=restore_args, partial_restore=True))
     flat = {name: state_lib.get_path(restored, keys[name][1:]) for name in targets}

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lumiere_jax import storage
 from lumiere_jax.data import video_io
 from lumiere_jax.diffusion import augmentation
 from lumiere_jax.diffusion import guidance
@@ -69,11 +69,11 @@ def filmstrips(frames: np.ndarray) -> np.ndarray:
 
 
 def write_videos(directory: str, step: int, frames: np.ndarray, fps: float) -> list[str]:
-    """Writes `frames: uint8 [B, T, H, W, 3]` as `directory/step_<step>_<i>.mp4`; returns the paths."""
-    os.makedirs(directory, exist_ok=True)
+    """Writes `frames: uint8 [B, T, H, W, 3]` as `directory/step_<step>_<i>.mp4` (local or `gs://`); returns the
+    paths."""
     paths = []
     for index, video in enumerate(frames):
-        path = os.path.join(directory, f"step_{step:08d}_{index}.mp4")
+        path = storage.join(directory, f"step_{step:08d}_{index}.mp4")
         video_io.write_mp4(path, video, fps)
         paths.append(path)
     return paths

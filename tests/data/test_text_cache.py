@@ -5,7 +5,9 @@ task's pixels, and a train step fed the token batch (the encoder runs inside it)
 """
 
 import glob
+import json
 import os
+import tempfile
 
 import flax.linen as nn
 import gin
@@ -16,6 +18,7 @@ import optax
 import pytest
 import tensorflow as tf
 
+from lumiere_jax import storage
 from lumiere_jax.data import text_cache
 from lumiere_jax.data.feature_converter import VideoFeatureConverter
 from lumiere_jax.train import inputs
@@ -239,3 +242,38 @@ def test_trainer_from_cache_never_loads_the_text_encoder(cache_dir, tmp_path, cl
     assert int(result.state.step) == 3
     losses = [value for entry in result.history for key, value in entry.items() if key.endswith("loss")]
     assert len(losses) >= 3 and np.all(np.isfinite(losses))
+
+
+def test_cache_built_on_gcs_reads_back_like_the_local_one(cache_dir, synthetic_data_dir, gcs_emulator, tmp_path,
+                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the local mirror goes
+    (tmp_path / "tmp").mkdir()
+    bucket = gcs_emulator.new_bucket()
+    gcs_cache = f"{bucket}/text_cache"
+    text_cache.build_text_cache(
+        output_dir=gcs_cache, mixture_or_task_name=TASK, text_encoder="tiny", text_length=TEXT_LENGTH,
+        splits=(SPLIT,), batch_size=BATCH, num_shards=3, data_dir=synthetic_data_dir,
+        register_synthetic_motion=False)
+    local_files = {os.path.basename(path): path for path in shard_files(cache_dir)}
+    assert gcs_emulator.objects(bucket) == sorted(f"text_cache/{TASK}/{SPLIT}/{name}" for name in local_files)
+    for name, path in local_files.items():
+        content = storage.read_bytes(f"{gcs_cache}/{TASK}/{SPLIT}/{name}")
+        if name == text_cache.MANIFEST:
+            assert json.loads(content) == json.load(open(path))
+        else:
+            assert content == open(path, "rb").read()
+
+    # One after the other: both register the same `<task>_cached_text` name, which the iterators look up lazily.
+    from_bucket = cached_iterator(gcs_cache)
+    bucket_batches = [next(from_bucket) for _ in range(64 // BATCH)]
+    local = cached_iterator(cache_dir)
+    for bucket_batch in bucket_batches:
+        local_batch = next(local)
+        assert set(bucket_batch) == set(local_batch)
+        for key, value in local_batch.items():
+            np.testing.assert_array_equal(bucket_batch[key], value)
+    mirrors = os.listdir(tmp_path / "tmp" / "lumiere_mirrors")
+    assert len(mirrors) == 1  # the split, downloaded once
+    assert sorted(os.listdir(tmp_path / "tmp" / "lumiere_mirrors" / mirrors[0])) == sorted(local_files)
+    assert not os.path.exists(tmp_path / "gs:")

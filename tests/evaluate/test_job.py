@@ -197,3 +197,39 @@ def test_command_line_names_unbound_sampling_settings(run, capsys):
     finally:
         gin.clear_config()
     assert status == 2 and "base_adapter" in capsys.readouterr().err
+
+
+def test_checkpoints_read_and_results_written_on_gcs(run, gcs_emulator, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bucket = gcs_emulator.new_bucket()
+    model_dir = f"{bucket}/run"
+    write_checkpoint(model_dir, 10, quality=0.0)
+    write_checkpoint(model_dir, 20, quality=1.0)
+    generator = StandInGenerator(run["scenes"])
+    results = job.evaluate(model_dir, run["prompts"], run["metrics"], generator, name="synthetic")
+    assert sorted(results) == [10, 20] and generator.calls == [10, 20]
+    objects = gcs_emulator.objects(bucket, "run/eval/synthetic/")
+    assert {"run/eval/synthetic/metrics_00000010.json", "run/eval/synthetic/metrics_00000020.json"} <= set(objects)
+    events = [name for name in objects if "/events.out.tfevents." in name]
+    assert len(events) == 1
+    assert not os.path.exists(tmp_path / "gs:")
+
+    # The same numbers as an evaluation of the same checkpoints in a local folder, in JSON and TensorBoard.
+    local = job.evaluate(run["model_dir"], run["prompts"], run["metrics"], StandInGenerator(run["scenes"]),
+                         name="synthetic")
+    from_bucket = job.read_results(model_dir, "synthetic")
+    assert {step: payload["metrics"] for step, payload in from_bucket.items()} == {
+        step: payload["metrics"] for step, payload in local.items()}
+    downloaded = tmp_path / "events"
+    downloaded.mkdir()
+    gcs_emulator.client().bucket(bucket.removeprefix("gs://")).blob(events[0]).download_to_filename(
+        os.fspath(downloaded / os.path.basename(events[0])))
+    scalars = read_scalars(os.fspath(downloaded))
+    for step, payload in local.items():
+        for name, value in payload["metrics"].items():
+            assert scalars[name][step] == pytest.approx(value, rel=1e-6)
+
+    # Finished steps are found on gs:// too: a rerun computes nothing.
+    rerun = StandInGenerator(run["scenes"])
+    assert job.evaluate(model_dir, run["prompts"], run["metrics"], rerun, name="synthetic") == {}
+    assert rerun.calls == []

@@ -9,6 +9,7 @@ import pytest
 import safetensors
 import safetensors.numpy
 
+from lumiere_jax import storage
 from lumiere_jax.diffusion import schedules
 from lumiere_jax.export import checkpoint as export_lib
 from lumiere_jax.export import cli as export_cli
@@ -106,3 +107,46 @@ def test_sampling_from_export_equals_sampling_from_training_checkpoint(exported,
                                       np.load(os.path.join(from_training, f"{row_id}.npy")))
     with open(os.path.join(from_export, "t2v.json")) as file:
         assert json.load(file)["base_checkpoint"]["kind"] == "inference"
+
+
+def test_export_to_gcs_and_load_back_equals_the_local_export(exported, tiny_models, gcs_emulator, tmp_path,
+                                                              monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bucket = gcs_emulator.new_bucket()
+    export_dir = f"{bucket}/models/inference"
+    assert export_cli.main([f"--gin_file={exported['root'] / 'export.gin'}",
+                            f"--gin.CHECKPOINT={tiny_models['base_dir']}", f"--gin.EXPORT_DIR={export_dir}"]) == 0
+    names = gcs_emulator.objects(bucket, "models/inference/")
+    for name in (weights.INFERENCE_MANIFEST, "operative_config.gin", export_lib.SAFETENSORS_FILE,
+                 export_lib.FUNCTION_FILE):
+        assert f"models/inference/{name}" in names
+    assert any(name.startswith("models/inference/params/") for name in names)  # Orbax's own files
+    assert not os.path.exists(tmp_path / "gs:")
+
+    local_manifest = storage.read_json(os.path.join(exported["dir"], weights.INFERENCE_MANIFEST))
+    assert storage.read_json(f"{export_dir}/{weights.INFERENCE_MANIFEST}") == local_manifest
+    local_config = storage.read_text(os.path.join(exported["dir"], "operative_config.gin"))
+    assert storage.read_text(f"{export_dir}/operative_config.gin") == local_config.replace(exported["dir"], export_dir)
+    # safetensors writes its metadata map in no fixed order: compare what it holds, not its bytes.
+    local_safetensors = os.path.join(exported["dir"], export_lib.SAFETENSORS_FILE)
+    with storage.local_file(f"{export_dir}/{export_lib.SAFETENSORS_FILE}") as downloaded:
+        with safetensors.safe_open(downloaded, "numpy") as file, safetensors.safe_open(local_safetensors,
+                                                                                        "numpy") as local_file:
+            assert file.metadata() == local_file.metadata() and set(file.keys()) == set(local_file.keys())
+            for key in local_file.keys():
+                np.testing.assert_array_equal(file.get_tensor(key), local_file.get_tensor(key))
+    from_bucket, info = weights.load_params(export_dir)
+    assert info == {"kind": "inference", "source": export_dir, "step": 7, "weights": "ema"}
+    local = state_lib.flatten(weights.load_params(exported["dir"])[0])
+    flat = state_lib.flatten(from_bucket)
+    assert set(flat) == set(local)
+    for path, value in local.items():
+        np.testing.assert_array_equal(flat[path], value)
+        assert flat[path].dtype == value.dtype
+    function = export_lib.load_sampling_function(f"{export_dir}/{export_lib.FUNCTION_FILE}")
+    local_function = export_lib.load_sampling_function(os.path.join(exported["dir"], export_lib.FUNCTION_FILE))
+    # Symbolic batch dimensions of two deserializations compare unequal: compare the avals as text.
+    assert str((function.in_avals, function.out_avals)) == str((local_function.in_avals, local_function.out_avals))
+    with pytest.raises(FileExistsError, match="already holds an inference checkpoint"):
+        export_cli.main([f"--gin_file={exported['root'] / 'export.gin'}",
+                         f"--gin.CHECKPOINT={tiny_models['base_dir']}", f"--gin.EXPORT_DIR={export_dir}"])
