@@ -294,6 +294,16 @@ def move_directory(source: str | os.PathLike, destination: str | os.PathLike) ->
     remove(source)
 
 
+def invalidate_listing_cache() -> None:
+    """Forgets gcsfs's cached directory listings (another host changed the bucket; ours would be stale)."""
+    from etils.epath import backend  # noqa: PLC0415
+
+    try:
+        backend.fsspec_backend.fs("gs://").invalidate_cache()
+    except ImportError:  # no gcsfs: nothing cached
+        pass
+
+
 def copy_tree(source: str | os.PathLike, destination: str | os.PathLike) -> None:
     """Copies a directory tree between any two locations (no commit marker; see `upload_directory`)."""
     if not is_uri(source) and not is_uri(destination):

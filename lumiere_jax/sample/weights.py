@@ -40,25 +40,6 @@ def is_inference_checkpoint(path: str) -> bool:
     return storage.isfile(storage.join(path, INFERENCE_MANIFEST))
 
 
-def resolve_step_directory(path: str) -> str:
-    """The newest committed step directory (holding `state/`) of a run, checkpoints/ or step directory.
-
-    As `train.checkpoints.resolve_step_directory`, for local paths and `gs://` URIs alike (that one makes
-    paths absolute with `os.path`, which turns a URI into a local path).
-    """
-    path = storage.normalize(path)
-    if storage.isdir(storage.join(path, "state")):
-        return path
-    if storage.isdir(storage.join(path, checkpoints_lib.CHECKPOINTS_SUBDIR)):
-        path = storage.join(path, checkpoints_lib.CHECKPOINTS_SUBDIR)
-    for step in sorted((int(name) for name in storage.listdir(path) if name.isdigit()), reverse=True):
-        state = storage.join(path, str(step), "state")
-        if any(storage.exists(storage.join(state, name)) for name in ("commit_success.txt", "_METADATA")):
-            return storage.join(path, str(step))
-    raise FileNotFoundError(f"no committed checkpoint found at {path!r}; give a training run directory, its "
-                            "checkpoints/ directory, one step directory or an exported inference checkpoint")
-
-
 def abstract_params(adapter: adapter_lib.ModelAdapter, mesh: jax.sharding.Mesh,
                     rules=mesh_lib.LOGICAL_AXIS_RULES) -> Params:
     """The model's parameter tree as ShapeDtypeStructs carrying the shardings of its logical axes on `mesh`."""
@@ -106,7 +87,7 @@ def describe(path: str, use_ema: bool = True) -> dict:
         manifest = storage.read_json(storage.join(path, INFERENCE_MANIFEST))
         return {"kind": "inference", "source": storage.normalize(path), "step": manifest.get("step"),
                 "weights": manifest.get("weights")}
-    step_dir = resolve_step_directory(path)
+    step_dir = checkpoints_lib.resolve_step_directory(path)
     _, _, weights = _training_sources(step_dir, use_ema)
     return {"kind": "training", "source": step_dir, "step": int(os.path.basename(step_dir)), "weights": weights}
 

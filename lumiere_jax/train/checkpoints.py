@@ -201,6 +201,7 @@ class Checkpointer:
             storage.move_directory(storage.join(self.directory, str(step)), destination)
             storage.write_text_atomic(storage.join(destination, "REASON.txt"), reason + "\n")
         _sync_hosts(f"lumiere_set_aside_{step}")
+        storage.invalidate_listing_cache()  # process 0 moved files: the other hosts' cached listings are stale
         self.manager.reload()
 
     def _set_aside_uncommitted_steps(self) -> None:
