@@ -29,12 +29,12 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
-from jax.experimental import multihost_utils
 
 from lumiere_jax.data import preprocessors
 from lumiere_jax.data import synthetic_motion  # noqa: F401  (registers the tfds builder)
 from lumiere_jax.data import video_folder  # noqa: F401  (registers the tfds builder)
 from lumiere_jax.data import vocab as vocab_lib
+from lumiere_jax.parallel import multihost
 
 DEFAULT_SHUFFLE_BUFFER = 64  # examples, decoded float32: 64 base clips = 1 GB
 
@@ -164,10 +164,10 @@ def prepare_synthetic_motion(data_dir: str | None, configs: tuple[str, ...]) -> 
 
     if jax.process_index() == 0:
         build()
-    if jax.process_count() > 1 and configs:
-        multihost_utils.sync_global_devices("lumiere_prepare_synthetic_motion")
-        if jax.process_index() > 0:
-            build()
+    if configs:
+        multihost.barrier("lumiere_prepare_synthetic_motion")
+    if jax.process_index() > 0:
+        build()
 
 
 def register_synthetic_motion_tasks(

@@ -24,6 +24,7 @@ from clu import metric_writers
 
 from lumiere_jax import storage
 from lumiere_jax.evaluate import metrics as metrics_lib
+from lumiere_jax.parallel import multihost
 from lumiere_jax.train import checkpoints
 
 EVAL_SUBDIR = "eval"
@@ -140,7 +141,8 @@ def evaluate(
                     raise FileNotFoundError(f"no finished checkpoint for steps {missing} in {model_dir}/"
                                             f"{checkpoints.CHECKPOINTS_SUBDIR}; available: {available}")
                 available = [step for step in available if step in set(steps)]
-            todo = [step for step in available if step not in evaluated_steps(eval_dir)]
+            # Process 0's view decides for all hosts (they generate the same batches together).
+            todo = multihost.ints_from_first_host([step for step in available if step not in evaluated_steps(eval_dir)])
             for step in todo:
                 step_dir = storage.join(model_dir, checkpoints.CHECKPOINTS_SUBDIR, str(step))
                 logging.info("evaluating %s (%d videos, metrics %s)", step_dir, len(all_prompts),
@@ -156,7 +158,7 @@ def evaluate(
                         storage.remove(work_dir)
                 computed[step] = payload
                 last_new = time.monotonic()
-            if not watch or _all_done(eval_dir, steps, final_step):
+            if not watch or multihost.from_first_host(np.bool_(_all_done(eval_dir, steps, final_step))):
                 return computed
             if time.monotonic() - last_new > idle_timeout_s:
                 logging.info("no new checkpoint for %.0f s; stopping", idle_timeout_s)

@@ -28,6 +28,7 @@ from lumiere_jax import storage
 from lumiere_jax.data import vocab
 from lumiere_jax.models.t5 import training_text_encoder_rng
 from lumiere_jax.parallel import mesh as mesh_lib
+from lumiere_jax.parallel import multihost
 from lumiere_jax.parallel import partitioning
 from lumiere_jax.sample import applications
 from lumiere_jax.sample import caching
@@ -241,8 +242,7 @@ def sample_videos(
     shard = rows_lib.shard_rows(all_rows, shard_id, num_shards)
     for row in shard:
         check_row_fits(row, base_adapter)
-    names_in_output_dir = set(storage.listdir(output_dir))
-    todo = [row for row in shard if not outputs.is_finished(output_dir, row, names_in_output_dir)]
+    todo = _rows_to_sample(shard, output_dir)
     logging.info("shard %d of %d: %d rows, %d already finished, %d to sample", shard_id, num_shards, len(shard),
                  len(shard) - len(todo), len(todo))
     ssr_adapter = ssr_adapter if use_ssr else None
@@ -292,6 +292,14 @@ def sample_videos(
     logging.info("done: %d generated, %d already finished, %d rows in shard, %.1f s (%s)", result.generated,
                  result.skipped, result.rows_in_shard, seconds, output_dir)
     return result
+
+
+def _rows_to_sample(shard: list[rows_lib.Row], output_dir: str) -> list[rows_lib.Row]:
+    """The shard's rows without finished outputs, as process 0 sees them: every host samples the same batches."""
+    names_in_output_dir = set(storage.listdir(output_dir))
+    unfinished = np.array([not outputs.is_finished(output_dir, row, names_in_output_dir) for row in shard], bool)
+    unfinished = multihost.from_first_host(unfinished)
+    return [row for row, todo in zip(shard, unfinished) if todo]
 
 
 def _run_batch(models: _Models, chunk: list[rows_lib.Row], global_batch: int, num_steps: int, t_start: float,
