@@ -7,12 +7,15 @@ target x0 and extra inputs), the example shapes used for initialisation, and whi
 Stages:
   image:       x0 = batch["image"] [B, H, W, 3], or one random frame per clip of batch["video"].
   video:       x0 = batch["video"] [B, T, H, W, 3] (STUNet).
-  For the video stages, clips longer than `window_frames` are cut to a random window of that many frames.
+  For the video stages, clips longer than `window_frames` are cut to a random window of that many frames;
+  shorter clips are an error (the model's frame count is fixed).
   ssr:         x0 = a random window of `window_frames` frames of batch["video"] at high resolution (the SSR
                runs on windows, paper 3.2); low_res = its area-downsampled copy (noise-augmented in the step).
   conditional: x0 = batch["video"]; the model sees <z, C, M> on channels (paper 4.2). C, M come from
-               batch["condition"], batch["condition_mask"]; when absent, image-to-video conditioning is
-               built (C = first frame then blank, M = 1 on the first frame) -- our default.
+               batch["condition"], batch["condition_mask"], which must have been drawn on clips of exactly
+               `window_frames` (a mask cut from a longer clip loses its known first frame); when absent,
+               image-to-video conditioning is built on the window (C = first frame then blank, M = 1 on the
+               first frame) -- our default.
 """
 
 from __future__ import annotations
@@ -92,12 +95,11 @@ class ModelAdapter:
         video = batch["video"]  # [B, T, H, W, 3]
         condition, mask = batch.get("condition"), batch.get("condition_mask")
         given = self.stage == "conditional" and condition is not None and mask is not None
-        if self.window_frames is not None and video.shape[1] > self.window_frames:
-            start = random_window_starts(rng, video.shape[0], video.shape[1], self.window_frames)
-            video = take_window(video, start, self.window_frames)
-            if given:
-                condition = take_window(condition, start, self.window_frames)
-                mask = take_window(mask, start, self.window_frames)
+        if self.window_frames is not None:
+            check_clip_frames(video.shape[1], self.window_frames, masks_given=given)
+            if video.shape[1] > self.window_frames:
+                start = random_window_starts(rng, video.shape[0], video.shape[1], self.window_frames)
+                video = take_window(video, start, self.window_frames)
         if self.stage == "conditional" and not given:
             condition, mask = first_frame_condition(video)
         if self.stage == "video":
@@ -161,6 +163,19 @@ def _image_from_batch(batch: Batch, rng: jax.Array) -> jax.Array:
     video = batch["video"]
     frame = jax.random.randint(rng, (video.shape[0],), 0, video.shape[1])
     return jnp.take_along_axis(video, frame[:, None, None, None, None], axis=1)[:, 0]
+
+
+def check_clip_frames(clip_frames: int, window_frames: int, masks_given: bool) -> None:
+    """Raises unless clips of `clip_frames` can feed a model of `window_frames` frames."""
+    if clip_frames < window_frames:
+        raise ValueError(f"clips of {clip_frames} frames are shorter than the model's {window_frames} frames; "
+                         f"train on clips of at least {window_frames} frames or use a model with fewer frames")
+    if masks_given and clip_frames != window_frames:
+        raise ValueError(
+            f"condition masks were drawn on clips of {clip_frames} frames but the model sees windows of "
+            f"{window_frames}: a window cut from them would not keep the conditioning (e.g. image-to-video's "
+            f"known first frame). Cut the window before drawing masks: seqio_iterator.window_frames = "
+            f"{window_frames} (runs/finetune_conditional.gin binds it to the model's frame count)")
 
 
 def random_window_starts(rng: jax.Array, batch_size: int, total: int, num_frames: int) -> jax.Array:
