@@ -4,9 +4,9 @@ temporal MultiDiffusion (PAPER.md 1, 3, 4).
 
 Randomness is per row: each row brings its own key (`keys: uint32 [B, 2]`, raw key data), from which its
 initial noise and the noise of its SR conditioning augmentation are drawn, so a row's video does not depend
-on the other rows of its batch. Stochastic sampler steps (ddpm, ddim with eta > 0) draw their step noise
-for the whole batch from the first row's key (`samplers.sample` takes one key): with those samplers a row's
-output depends on its batch; the default deterministic DDIM (eta = 0) does not.
+on the other rows of its batch. The step noise of stochastic samplers (ddpm, ddim with eta > 0) is drawn per
+row from the row's key too (`samplers.sample` takes keys `[B]`), so a row's output is the same at any batch
+size, shard count and position for every sampler.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def generate_base(
         z_init = noise
     denoise_fn = base_denoiser(stage, embeddings, text_mask, batch.get("condition"), batch.get("condition_mask"),
                                batch["guidance_weight"], config)
-    return samplers.sample(denoise_fn, sampler_keys[0], z_init, schedule, num_steps, t_start, config.sampler,
+    return samplers.sample(denoise_fn, sampler_keys, z_init, schedule, num_steps, t_start, config.sampler,
                            config.eta, clip_output=True)
 
 
@@ -227,5 +227,5 @@ def upsample_ssr(
 
     denoise_fn = multidiffusion.multidiffusion_denoiser(windowed_denoise_fn, starts, window_length, low_res=low_res)
     z_init = row_normal(noise_keys, (num_frames, height, width, 3))
-    return samplers.sample(denoise_fn, sampler_keys[0], z_init, schedule, config.ssr_num_steps, 1.0,
+    return samplers.sample(denoise_fn, sampler_keys, z_init, schedule, config.ssr_num_steps, 1.0,
                            config.sampler, config.eta, clip_output=True)

@@ -51,7 +51,7 @@ def generate(
 
     denoise_fn = guidance.guided_denoiser(model_fn, cond, null_cond, guidance_weight, adapter.parameterization)
     z_init = jax.random.normal(noise_rng, inputs.x0.shape, jnp.float32)
-    return samplers.sample(denoise_fn, sample_rng, z_init, schedule, num_steps, clip_output=True)
+    return samplers.sample(denoise_fn, samplers.keys_per_row(sample_rng, z_init.shape[0]), z_init, schedule, num_steps, clip_output=True)
 
 
 def to_uint8_frames(samples: np.ndarray) -> np.ndarray:
