@@ -180,6 +180,47 @@ def ssr_windows(stage: Stage, num_frames: int, config: SamplingConfig) -> tuple[
     return multidiffusion.window_starts(num_frames, window_length, stride), window_length
 
 
+def ssr_denoiser(
+    stage: Stage,
+    low_res: jax.Array,
+    text_embeddings: jax.Array,
+    text_mask: jax.Array,
+    aug_logsnr: jax.Array,
+    config: SamplingConfig,
+) -> samplers.Denoiser:
+    """Whole-clip `denoise_fn(z: [B, T, H, W, 3], logsnr: [B]) -> x0_hat` of the SSR with temporal MultiDiffusion.
+
+    `low_res: [B, T, h, w, 3]` already noise-augmented (level `aug_logsnr: [B]`). Order (PAPER.md 3 with
+    Imagen's thresholding): classifier-free guidance per window, fusion of the raw guided x0 predictions of
+    all windows, then dynamic thresholding of the fused clip, so overlapping frames average predictions on one
+    scale and each clip gets one percentile.
+    """
+    adapter = stage.adapter
+    batch_size, num_frames = low_res.shape[:2]
+    starts, window_length = ssr_windows(stage, num_frames, config)
+    num_windows = len(starts)
+    repeat = lambda per_clip: multidiffusion.repeat_for_windows(per_clip, num_windows)  # noqa: E731
+    window_weight = per_row_weight(repeat(jnp.full((batch_size,), config.ssr_guidance_weight)), 5)
+    text = {"text_embeddings": repeat(text_embeddings), "text_mask": repeat(text_mask),
+            "noise_aug_logsnr": repeat(aug_logsnr)}
+    null_text = {**text, "text_embeddings": jnp.zeros_like(text["text_embeddings"]),
+                 "text_mask": jnp.zeros_like(text["text_mask"])}
+
+    def model_fn(z, logsnr, c):
+        inputs = adapter_lib.ModelInputs(x0=z, low_res=c["low_res"])
+        return adapter.apply(stage.params, z, logsnr, inputs, c["text_embeddings"], c["text_mask"],
+                             c["noise_aug_logsnr"], train=False)
+
+    def windowed_denoise_fn(z_windows, logsnr_windows, low_res_windows):
+        denoise_fn = guidance.guided_denoiser(
+            model_fn, {**text, "low_res": low_res_windows}, {**null_text, "low_res": low_res_windows},
+            window_weight, adapter.parameterization, threshold_percentile=None)
+        return denoise_fn(z_windows, logsnr_windows)
+
+    fused = multidiffusion.multidiffusion_denoiser(windowed_denoise_fn, starts, window_length, low_res=low_res)
+    return guidance.thresholded(fused, config.threshold_percentile)
+
+
 def upsample_ssr(
     stage: Stage,
     low_res: jax.Array,
@@ -189,9 +230,9 @@ def upsample_ssr(
 ) -> jax.Array:
     """SSR of the whole clip with temporal MultiDiffusion: `low_res: [B, T, h, w, 3]` -> `[B, T, H, W, 3]`.
 
-    Base frames of another size than the SSR model's `low_res_size` are resized to it first. The low-res clip is noise-augmented once (row noise, level `ssr_noise_aug_t`) before windowing; text,
-    augmentation level and guidance weight are repeated per window; window x0 predictions are fused at
-    every step, and the step noise is drawn once for the whole clip (`multidiffusion`).
+    Base frames of another size than the SSR model's `low_res_size` are resized to it first. The low-res clip
+    is noise-augmented once (row noise, level `ssr_noise_aug_t`) before windowing; the denoiser is
+    `ssr_denoiser` (guide per window, fuse, threshold), and the step noise is drawn once for the whole clip.
     """
     adapter = stage.adapter
     batch_size, num_frames = low_res.shape[:2]
@@ -205,27 +246,7 @@ def upsample_ssr(
     sampler_keys, aug_keys, noise_keys = row_keys(batch["keys"], SSR_STREAM, 3)
     aug_logsnr = jnp.full((batch_size,), schedule(jnp.float32(config.ssr_noise_aug_t)), jnp.float32)
     low_res = losses.noisy_sample(low_res, row_normal(aug_keys, low_res.shape[1:]), aug_logsnr)
-    starts, window_length = ssr_windows(stage, num_frames, config)
-    num_windows = len(starts)
-    repeat = lambda per_clip: multidiffusion.repeat_for_windows(per_clip, num_windows)  # noqa: E731
-    window_weight = per_row_weight(repeat(jnp.full((batch_size,), config.ssr_guidance_weight)), 5)
-    text = {"text_embeddings": repeat(embeddings), "text_mask": repeat(text_mask),
-            "noise_aug_logsnr": repeat(aug_logsnr)}
-    null_text = {**text, "text_embeddings": jnp.zeros_like(text["text_embeddings"]),
-                 "text_mask": jnp.zeros_like(text["text_mask"])}
-
-    def model_fn(z, logsnr, c):
-        inputs = adapter_lib.ModelInputs(x0=z, low_res=c["low_res"])
-        return adapter.apply(stage.params, z, logsnr, inputs, c["text_embeddings"], c["text_mask"],
-                             c["noise_aug_logsnr"], train=False)
-
-    def windowed_denoise_fn(z_windows, logsnr_windows, low_res_windows):
-        denoise_fn = guidance.guided_denoiser(
-            model_fn, {**text, "low_res": low_res_windows}, {**null_text, "low_res": low_res_windows},
-            window_weight, adapter.parameterization, config.threshold_percentile)
-        return denoise_fn(z_windows, logsnr_windows)
-
-    denoise_fn = multidiffusion.multidiffusion_denoiser(windowed_denoise_fn, starts, window_length, low_res=low_res)
+    denoise_fn = ssr_denoiser(stage, low_res, embeddings, text_mask, aug_logsnr, config)
     z_init = row_normal(noise_keys, (num_frames, height, width, 3))
     return samplers.sample(denoise_fn, sampler_keys, z_init, schedule, config.ssr_num_steps, 1.0,
                            config.sampler, config.eta, clip_output=True)
