@@ -18,6 +18,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from lumiere_jax.diffusion import augmentation
 from lumiere_jax.diffusion import guidance
 from lumiere_jax.diffusion import losses
 from lumiere_jax.diffusion import multidiffusion
@@ -47,7 +48,8 @@ class SamplingConfig:
       ssr_guidance_weight: guidance weight of the SSR stage.
       ssr_window_length: MultiDiffusion window T' (None: the SSR model's frame count).
       ssr_window_stride: window stride (None: half the window, i.e. 50% overlap; our choice).
-      ssr_noise_aug_t: noise conditioning augmentation level (as a diffusion time) of the low-res input.
+      ssr_noise_aug_t: noise conditioning augmentation level of the low-res input, as a time of the
+        augmentation's own schedule (plain cosine, `diffusion.augmentation`), as in training.
     """
 
     num_steps: int = 64
@@ -244,7 +246,8 @@ def upsample_ssr(
     embeddings, text_mask = encode_text(adapter, stage.text_encoder_params, batch["ssr_tokens"],
                                         batch["ssr_text_mask"])
     sampler_keys, aug_keys, noise_keys = row_keys(batch["keys"], SSR_STREAM, 3)
-    aug_logsnr = jnp.full((batch_size,), schedule(jnp.float32(config.ssr_noise_aug_t)), jnp.float32)
+    aug_level = augmentation.AUGMENTATION_SCHEDULE(jnp.float32(config.ssr_noise_aug_t))  # not the SR's schedule
+    aug_logsnr = jnp.full((batch_size,), aug_level, jnp.float32)
     low_res = losses.noisy_sample(low_res, row_normal(aug_keys, low_res.shape[1:]), aug_logsnr)
     denoise_fn = ssr_denoiser(stage, low_res, embeddings, text_mask, aug_logsnr, config)
     z_init = row_normal(noise_keys, (num_frames, height, width, 3))

@@ -96,6 +96,20 @@ def adapter_window_frames(adapter: adapter_lib.ModelAdapter = gin.REQUIRED) -> i
 
 
 @gin.configurable
+def sr_schedule_kwargs(adapter: adapter_lib.ModelAdapter = gin.REQUIRED) -> dict[str, int]:
+    """`schedule_kwargs` of the SR's resolution-shifted cosine schedule (`schedules.logsnr_shifted_cosine`).
+
+    Our choice (the paper is silent): the SR denoises frames `image_size / low_res_size` times larger than the
+    base frames the plain cosine schedule serves, so its log-SNR is shifted by `2 log(low_res_size /
+    image_size)` ("simple diffusion"; -4.2 for 128 -> 1024). Bound in runs/train_ssr.gin and sample/ssr.gin:
+    `DiffusionConfig.schedule_kwargs = @sr_schedule_kwargs()`.
+    """
+    if adapter.stage != "ssr":
+        raise ValueError(f"sr_schedule_kwargs needs an SSR adapter; got stage {adapter.stage!r}")
+    return {"resolution": adapter.sample_shape[1], "base_resolution": adapter.low_res_size}
+
+
+@gin.configurable
 def pretrained_text_encoder(directory: str | None = gin.REQUIRED, param_dtype: str = "float32"):
     """`text_encoder_params_fn` loading Hugging Face T5 v1.1 / ByT5 weights (frozen; outside the optimizer)."""
     if not directory:

@@ -1,11 +1,12 @@
-"""SSR sampling order (PAPER.md 3 with Imagen's dynamic thresholding): guide per window, fuse the raw x0
-predictions, then threshold the fused clip; against a NumPy reimplementation of that order."""
+"""SSR sampling: the order guide per window, fuse the raw x0 predictions, then threshold the fused clip (PAPER.md
+3 with Imagen's dynamic thresholding), against a NumPy reimplementation; the augmentation level's schedule."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lumiere_jax.diffusion import multidiffusion
+from lumiere_jax.diffusion import schedules
 from lumiere_jax.sample import applications
 from lumiere_jax.train import adapter as adapter_lib
 from tiny_setup import SIZE, SSR_SIZE, make_adapter, random_params, ssr_config
@@ -56,3 +57,24 @@ def test_ssr_guides_per_window_fuses_raw_x0_then_thresholds_the_clip():
     np.testing.assert_allclose(result, expected, rtol=2e-4, atol=2e-4)
     assert np.abs(fused_sum / count).max() > 1.5  # thresholding is active
     assert np.abs(per_window_thresholded / count - expected).max() > 1e-2
+
+
+def test_ssr_augmentation_level_is_on_the_plain_cosine_schedule(monkeypatch):
+    """Sampling tells the SR the augmentation level of the plain cosine schedule, as training does, whatever
+    the (shifted) schedule the SR denoises with."""
+    adapter = make_adapter("ssr", ssr_config())
+    text_params = jax.jit(adapter.text_encoder.init)(jax.random.key(0))
+    stage = applications.Stage(adapter, None, text_params)
+    seen = {}
+
+    def recording_denoiser(stage, low_res, text_embeddings, text_mask, aug_logsnr, config):
+        seen["aug_logsnr"] = np.asarray(aug_logsnr)
+        return lambda z, logsnr: z
+
+    monkeypatch.setattr(applications, "ssr_denoiser", recording_denoiser)
+    batch = {"ssr_tokens": jnp.ones((2, 8), jnp.int32), "ssr_text_mask": jnp.ones((2, 8), bool),
+             "keys": jnp.zeros((2, 2), jnp.uint32)}
+    shifted = schedules.get_schedule("shifted_cosine", resolution=SSR_SIZE * 16, base_resolution=SIZE)
+    config = applications.SamplingConfig(ssr_noise_aug_t=0.3, ssr_num_steps=1)
+    applications.upsample_ssr(stage, jnp.zeros((2, NUM_FRAMES, SIZE, SIZE, 3)), batch, shifted, config)
+    np.testing.assert_allclose(seen["aug_logsnr"], float(schedules.logsnr_cosine(np.float32(0.3))), atol=1e-5)
