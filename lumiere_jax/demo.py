@@ -8,7 +8,8 @@ Runs, each stage through the same command line a user would type (visible progre
   3. train a tiny SSR, 32x32 -> 64x64 on windows     (runs/train_ssr.gin)
   4. fine-tune the 7-channel conditional STUNet      (runs/finetune_conditional.gin)
   5. sample text-to-video, image-to-video and a cinemagraph, SSR fused over time by MultiDiffusion
-  6. write a contact sheet PNG and print the synthetic-domain quality score of the text-to-video clips.
+  6. write a contact sheet PNG and print the synthetic-domain quality score of the text-to-video clips, and how
+     well the image-to-video and cinemagraph clips keep the given image (first frame, static region).
 Everything is generated here (no downloads). Stages whose MODEL_DIR already holds the final checkpoint are
 skipped by the trainer's resume logic, so an interrupted demo continues where it stopped.
 """
@@ -108,6 +109,10 @@ def write_condition_inputs(out_dir: str) -> dict[str, str]:
     return {"image": image_path, "caption": synthetic_render.caption(scene, include_motion=False)}
 
 
+CINEMAGRAPH_BOX = (0.0, 0.0, 0.5, 1.0)  # (top, left, bottom, right): the top half animates
+CONDITION_ERROR_LIMIT = 0.1  # mean absolute error (pixels in [-1, 1]) a kept frame or region should stay under
+
+
 def write_prompt_files(out_dir: str, condition: dict[str, str]) -> tuple[str, str]:
     text_rows = [{"id": f"t2v_{index}", "prompt": prompt, "seed": index}
                  for index, prompt in enumerate(TEXT_TO_VIDEO_PROMPTS)]
@@ -115,7 +120,7 @@ def write_prompt_files(out_dir: str, condition: dict[str, str]) -> tuple[str, st
     conditional_rows = [
         {"id": "i2v_0", "mode": "i2v", "prompt": moving, "image": condition["image"], "seed": 10},
         {"id": "cinemagraph_0", "mode": "cinemagraph", "prompt": condition["caption"], "image": condition["image"],
-         "box": "0.0,0.0,0.5,1.0", "seed": 11},
+         "box": ",".join(str(value) for value in CINEMAGRAPH_BOX), "seed": 11},
     ]
     paths = []
     for name, rows in (("text_to_video", text_rows), ("conditional", conditional_rows)):
@@ -176,6 +181,25 @@ def quality_report(video_dir: str) -> dict:
     return {"metrics": scores["metrics"], "chance": scores["chance"], "num_videos": scores["num_videos"]}
 
 
+def condition_report(video_dir: str, image_path: str) -> dict[str, float]:
+    """Errors of the conditional clips against the given image (evaluate/condition_fidelity.py): the first frame
+    of the image-to-video and cinemagraph clips, and the cinemagraph's static region over all frames."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    from lumiere_jax.evaluate import condition_fidelity  # noqa: PLC0415
+    from lumiere_jax.sample import conditions  # noqa: PLC0415
+
+    image = conditions.to_unit_range(tf.io.decode_png(tf.io.read_file(image_path), channels=3).numpy())
+    clips = {row_id: conditions.to_unit_range(np.load(os.path.join(video_dir, f"{row_id}.npy")))
+             for row_id in ("i2v_0", "cinemagraph_0")}
+    region = conditions.box_region(CINEMAGRAPH_BOX, 1, *image.shape[:2])[0]  # [h, w, 1], the job's region
+    return {
+        "i2v_first_frame_mae": condition_fidelity.first_frame_error(clips["i2v_0"], image),
+        "cinemagraph_first_frame_mae": condition_fidelity.first_frame_error(clips["cinemagraph_0"], image),
+        "cinemagraph_static_region_mae": condition_fidelity.static_region_error(clips["cinemagraph_0"], image, region),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lumiere-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few steps per stage (minutes, not a good model)")
@@ -215,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     sheet = os.path.join(out_dir, "contact_sheet.png")
     count = contact_sheet([base_dir, video_dir], sheet)
     report = quality_report(base_dir)
+    report["conditioning"] = condition_report(video_dir, condition["image"])
     with open(os.path.join(out_dir, "quality.json"), "w") as file:
         json.dump(report, file, indent=2)
     print(f"\nvideos: {video_dir} (base only: {base_dir})\ncontact sheet ({count} videos): {sheet}")
@@ -223,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         chance = report["chance"].get(name)
         shown = "n/a" if value is None else f"{value:.3f}"
         print(f"  {name:24s} {shown}" + (f"   (chance {chance:.3f})" if chance else ""))
+    print(f"given content kept by the conditional clips (mean absolute error, pixels in [-1, 1]; "
+          f"want <= {CONDITION_ERROR_LIMIT}):")
+    for name, value in report["conditioning"].items():
+        verdict = "ok" if value <= CONDITION_ERROR_LIMIT else "HIGH"
+        print(f"  {name:32s} {value:.3f}  {verdict}")
     print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min")
     return 0
 
