@@ -11,18 +11,34 @@ from lumiere_jax import gin_cli
 from lumiere_jax.train import inputs, stages
 
 
-@pytest.fixture
-def conditional_gin(synthetic_tiny_dir):
-    """runs/finetune_conditional.gin + runs/cpu_tiny.gin (8-frame model, 16-frame clips), image-to-video and
-    cinemagraph masks only."""
+def parse_conditional_gin(data_dir, *bindings):
+    """runs/finetune_conditional.gin + runs/cpu_tiny.gin (8-frame model, 16-frame clips) with `bindings`."""
     args = argparse.Namespace(
         gin_search_paths=[], gin_file=["runs/finetune_conditional.gin", "runs/cpu_tiny.gin"], gin_bindings=[],
-        gin_overrides=[f"seqio_iterator.data_dir = {synthetic_tiny_dir!r}", "MODEL_DIR = 'unused'",
-                       "STUNET_CHECKPOINT = 'unused'",
-                       "seqio_iterator.mask_rates = {'inpainting': 0.0, 'unconditional': 0.0}"])
+        gin_overrides=[f"seqio_iterator.data_dir = {data_dir!r}", "MODEL_DIR = 'unused'",
+                       "STUNET_CHECKPOINT = 'unused'", *bindings])
     gin_cli.parse_gin(args)
+
+
+@pytest.fixture
+def conditional_gin(synthetic_tiny_dir):
+    """The shipped conditional config with image-to-video and cinemagraph masks only."""
+    parse_conditional_gin(synthetic_tiny_dir, "seqio_iterator.mask_rates = {'inpainting': 0.0, 'unconditional': 0.0}")
     yield
     gin.clear_config()
+
+
+def test_shipped_config_trains_a_share_of_unconditional_examples(synthetic_tiny_dir):
+    """Text-to-video and SDEdit rows reach the conditional model with C = M = 0: a quarter of the fine-tuning
+    examples are unconditional by default (data/masks.py)."""
+    parse_conditional_gin(synthetic_tiny_dir)
+    try:
+        batch = next(inputs.seqio_iterator("train", 64, 0, 0, 1))
+    finally:
+        gin.clear_config()
+    unconditional = batch["condition_mask"].reshape(64, -1).max(axis=1) == 0
+    assert 8 <= unconditional.sum() <= 24  # 16 expected
+    np.testing.assert_array_equal(batch["condition"][unconditional], 0.0)
 
 
 def test_first_frame_and_static_region_stay_known_in_the_window(conditional_gin):
