@@ -5,7 +5,8 @@
 Runs, each stage through the same command line a user would type (visible progress throughout):
   1. pretrain the T2I U-Net on still frames          (runs/pretrain_t2i.gin)
   2. inflate it into a STUNet, train temporal layers (runs/train_stunet.gin; T2I layers frozen)
-  3. train a tiny SSR, 32x32 -> 64x64 on windows     (runs/train_ssr.gin)
+  3. pretrain a tiny image SR, 32x32 -> 64x64 frames (runs/pretrain_sr.gin), then inflate it into the SSR and
+     train its temporal layers on 4-frame windows      (runs/train_ssr.gin; SR layers frozen)
   4. fine-tune the 7-channel conditional STUNet      (runs/finetune_conditional.gin)
   5. sample text-to-video, image-to-video and a cinemagraph, SSR fused over time by MultiDiffusion
   6. write a contact sheet PNG and print the synthetic-domain quality score of the text-to-video clips, and how
@@ -45,6 +46,7 @@ class DemoSteps:
     frames: int
     t2i: int
     stunet: int
+    image_sr: int
     ssr: int
     conditional: int
     base_sampling: int
@@ -54,8 +56,9 @@ class DemoSteps:
 # Sized for a 2-core CPU (under 30 minutes with the install; the quick one a few). The T2I stage gets most
 # steps: its held-out loss is still falling at 2000 and text only starts to steer it after ~1500 (measured).
 # SSR and the conditional fine-tune are not scored, so they get just enough steps to show the pipeline.
-FULL = DemoSteps(frames=8, t2i=2000, stunet=300, ssr=60, conditional=60, base_sampling=32, ssr_sampling=8)
-QUICK = DemoSteps(frames=8, t2i=40, stunet=20, ssr=10, conditional=10, base_sampling=6, ssr_sampling=3)
+FULL = DemoSteps(frames=8, t2i=2000, stunet=300, image_sr=150, ssr=60, conditional=60, base_sampling=32,
+                 ssr_sampling=8)
+QUICK = DemoSteps(frames=8, t2i=40, stunet=20, image_sr=10, ssr=10, conditional=10, base_sampling=6, ssr_sampling=3)
 
 
 def run(command: list[str], log_name: str, out_dir: str) -> None:
@@ -211,15 +214,17 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = os.path.abspath(os.path.join(args.out_dir, "tfds"))
     os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
-    runs = {name: os.path.join(out_dir, "runs", name) for name in ("t2i", "stunet", "ssr", "conditional")}
+    runs = {name: os.path.join(out_dir, "runs", name) for name in ("t2i", "stunet", "sr", "ssr", "conditional")}
 
     run(train_command("pretrain_t2i.gin", runs["t2i"], steps.t2i, data_dir, []), "1_pretrain_t2i", out_dir)
     run(train_command("train_stunet.gin", runs["stunet"], steps.stunet, data_dir,
                       [f"--gin.T2I_CHECKPOINT={runs['t2i']}", *video_stage_bindings(steps.frames)]), "2_train_stunet", out_dir)
-    run(train_command("train_ssr.gin", runs["ssr"], steps.ssr, data_dir,
-                      ["--gin.VIDEO_TASK=synthetic_motion_small",
-                       "--gin_bindings=seqio_iterator.prepare_configs = ('tiny', 'image_tiny', 'small')",
-                       f"--gin_bindings=unet_adapter.overrides = {SSR_OVERRIDES}"]), "3_train_ssr", out_dir)
+    sr_data = ["--gin.VIDEO_TASK=synthetic_motion_small",
+               "--gin_bindings=seqio_iterator.prepare_configs = ('tiny', 'image_tiny', 'small')",
+               f"--gin_bindings=unet_adapter.overrides = {SSR_OVERRIDES}"]
+    run(train_command("pretrain_sr.gin", runs["sr"], steps.image_sr, data_dir, sr_data), "3_pretrain_sr", out_dir)
+    run(train_command("train_ssr.gin", runs["ssr"], steps.ssr, data_dir, [f"--gin.SR_CHECKPOINT={runs['sr']}", *sr_data]),
+        "3_train_ssr", out_dir)
     run(train_command("finetune_conditional.gin", runs["conditional"], steps.conditional, data_dir,
                       [f"--gin.STUNET_CHECKPOINT={runs['stunet']}", *video_stage_bindings(steps.frames)]),
         "4_finetune_conditional", out_dir)

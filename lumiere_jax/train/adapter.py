@@ -6,6 +6,8 @@ target x0 and extra inputs), the example shapes used for initialisation, and whi
 
 Stages:
   image:       x0 = batch["image"] [B, H, W, 3], or one random frame per clip of batch["video"].
+  image_sr:    the image SR model the SSR is inflated from: x0 = a still image or frame as for "image";
+               low_res = its area-downsampled copy (noise-augmented in the step).
   video:       x0 = batch["video"] [B, T, H, W, 3] (STUNet).
   For the video stages, clips longer than `window_frames` are cut to a random window of that many frames;
   shorter clips are an error (the model's frame count is fixed).
@@ -32,7 +34,9 @@ import jax.numpy as jnp
 Params = Any
 Batch = dict[str, jax.Array]
 
-STAGES = ("image", "video", "ssr", "conditional")
+STAGES = ("image", "image_sr", "video", "ssr", "conditional")
+IMAGE_STAGES = ("image", "image_sr")
+SR_STAGES = ("image_sr", "ssr")
 CONDITION_CHANNELS = 4  # C (3) + M (1), paper 4.2
 
 
@@ -77,12 +81,12 @@ class ModelAdapter:
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ValueError(f"unknown stage {self.stage!r}; choose one of {STAGES}")
-        expected_rank = 3 if self.stage == "image" else 4
+        expected_rank = 3 if self.stage in IMAGE_STAGES else 4
         if len(self.sample_shape) != expected_rank:
             raise ValueError(f"stage {self.stage!r} needs sample_shape of rank {expected_rank} "
                              f"({'(H, W, 3)' if expected_rank == 3 else '(T, H, W, 3)'}); got {self.sample_shape}")
-        if self.stage == "ssr" and not self.low_res_size:
-            raise ValueError("the ssr stage needs low_res_size (frame size of the low-res input)")
+        if self.stage in SR_STAGES and not self.low_res_size:
+            raise ValueError(f"the {self.stage} stage needs low_res_size (frame size of the low-res input)")
 
     @property
     def input_channels(self) -> int:
@@ -92,6 +96,9 @@ class ModelAdapter:
         """Maps a data batch (ARCHITECTURE.md 'Batches') to the model inputs of this stage."""
         if self.stage == "image":
             return ModelInputs(x0=_image_from_batch(batch, rng))
+        if self.stage == "image_sr":
+            image = _image_from_batch(batch, rng)  # [B, H, W, 3]
+            return ModelInputs(x0=image, low_res=area_downsample(image, self.low_res_size))
         video = batch["video"]  # [B, T, H, W, 3]
         condition, mask = batch.get("condition"), batch.get("condition_mask")
         given = self.stage == "conditional" and condition is not None and mask is not None
@@ -115,7 +122,7 @@ class ModelAdapter:
         if self.stage == "conditional":
             condition = jnp.zeros((*x0.shape[:-1], CONDITION_CHANNELS), jnp.float32)
         low_res = None
-        if self.stage == "ssr":
+        if self.stage in SR_STAGES:
             low_res = jnp.zeros((*x0.shape[:-3], self.low_res_size, self.low_res_size, 3), jnp.float32)
         embed_dim = self.text_encoder.config.d_model
         text_embeddings = jnp.zeros((batch_size, self.text_length, embed_dim), jnp.float32)
@@ -189,7 +196,7 @@ def take_window(video: jax.Array, starts: jax.Array, num_frames: int) -> jax.Arr
 
 
 def area_downsample(video: jax.Array, size: int) -> jax.Array:
-    """Averages `video: [B, T, H, W, C]` over square pixel blocks to `[B, T, size, size, C]`."""
+    """Averages `video: [B, (T,) H, W, C]` over square pixel blocks to `[B, (T,) size, size, C]`."""
     *lead, height, width, channels = video.shape
     if height % size or width % size:
         raise ValueError(f"frames of {height}x{width} cannot be area-downsampled to {size}x{size}; "
