@@ -26,6 +26,16 @@ def test_image_stage_takes_one_frame_per_clip():
         assert any(np.array_equal(inputs.x0[example], VIDEO[example, t]) for t in range(6))
 
 
+def test_image_sr_stage_takes_one_frame_and_downsamples():
+    adapter = toy.toy_adapter(stage="image_sr")
+    inputs = adapter.inputs_from_batch({"video": jnp.asarray(VIDEO)}, jax.random.key(6))
+    assert inputs.x0.shape == (2, 8, 8, 3) and inputs.low_res.shape == (2, 4, 4, 3)
+    for example in range(2):
+        assert any(np.array_equal(inputs.x0[example], VIDEO[example, t]) for t in range(6))
+    expected = np.asarray(inputs.x0).reshape(2, 4, 2, 4, 2, 3).mean((2, 4))
+    np.testing.assert_allclose(inputs.low_res, expected, atol=1e-7, rtol=1e-6)
+
+
 def test_ssr_stage_cuts_windows_and_downsamples():
     adapter = toy.toy_adapter(stage="ssr", frames=4)
     inputs = adapter.inputs_from_batch({"video": jnp.asarray(VIDEO)}, jax.random.key(2))
