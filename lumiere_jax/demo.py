@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                "--gin_bindings=seqio_iterator.prepare_configs = ('tiny', 'image_tiny', 'small')",
                f"--gin_bindings=unet_adapter.overrides = {SSR_OVERRIDES}"]
     run(train_command("pretrain_sr.gin", runs["sr"], steps.image_sr, data_dir, sr_data), "3_pretrain_sr", out_dir)
-    run(train_command("train_ssr.gin", runs["ssr"], steps.ssr, data_dir, [f"--gin.SR_CHECKPOINT={runs['sr']}", *sr_data]),
-        "3_train_ssr", out_dir)
+    run(train_command("train_ssr.gin", runs["ssr"], steps.ssr, data_dir,
+                      [f"--gin.SR_CHECKPOINT={runs['sr']}", *sr_data]), "3_train_ssr", out_dir)
     run(train_command("finetune_conditional.gin", runs["conditional"], steps.conditional, data_dir,
                       [f"--gin.STUNET_CHECKPOINT={runs['stunet']}", *video_stage_bindings(steps.frames)]),
         "4_finetune_conditional", out_dir)

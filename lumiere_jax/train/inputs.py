@@ -38,8 +38,8 @@ def seqio_iterator(
 
     With `register_synthetic_motion` the synthetic_motion tasks over `data_dir` are registered (tokenised with
     `sentencepiece_model`, or bytes as ByT5 when None); `prepare_configs` (e.g. ("tiny",)) are rendered into
-    `data_dir` first if missing. `conditional` adds condition videos and masks (paper 4.2; `mask_rates` overrides fields of
-    `data.masks.MaskRates`, e.g. {'unconditional': 0.2}), drawn on the random
+    `data_dir` first if missing. `conditional` adds condition videos and masks (paper 4.2; `mask_rates`
+    overrides fields of `data.masks.MaskRates`, e.g. {'unconditional': 0.2}), drawn on the random
     window of `window_frames` frames the pipeline cuts from each clip (the model's frame count: bind
     `seqio_iterator.window_frames = @adapter_window_frames()`, as runs/finetune_conditional.gin does). The
     validation split is read in order, without shuffling, so held-out losses compare across steps.

@@ -120,7 +120,8 @@ def test_sample_calls_denoiser_once_per_step_with_batch_logsnr():
 def test_low_precision_state_with_float32_denoiser(gaussian_data):
     """A bfloat16 state stays bfloat16 through the scan even when the denoiser answers in float32."""
     z_init = jax.random.normal(jax.random.PRNGKey(0), (8, 3), jnp.bfloat16)
-    out = samplers.sample(gaussian_data.denoise, jax.random.split(jax.random.key(1), 8), z_init, SCHEDULE, 4, sampler="ddpm")
+    keys = jax.random.split(jax.random.key(1), 8)
+    out = samplers.sample(gaussian_data.denoise, keys, z_init, SCHEDULE, 4, sampler="ddpm")
     assert out.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(out, np.float32)))
 
 
@@ -143,6 +144,6 @@ def test_stochastic_rows_do_not_depend_on_batch_mates(gaussian_data, sampler, et
     np.testing.assert_allclose(moved[2], batch[2], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(moved[3:], batch[:2], rtol=1e-5, atol=1e-5)
     # The step noise matters: another key for row 2 changes its sample.
-    other = np.asarray(samplers.sample(gaussian_data.denoise, keys[jnp.array([5])], z_init[jnp.array([2])], SCHEDULE, 12,
-                                       sampler=sampler, eta=eta))
+    other = np.asarray(samplers.sample(gaussian_data.denoise, keys[jnp.array([5])], z_init[jnp.array([2])],
+                                       SCHEDULE, 12, sampler=sampler, eta=eta))
     assert np.max(np.abs(other[0] - batch[2])) > 1e-2

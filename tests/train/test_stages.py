@@ -111,7 +111,8 @@ def test_pretrain_sr_then_train_inflated_ssr(tmp_path, stage_env, synthetic_tiny
     sr_dir, ssr_dir = str(tmp_path / "sr"), str(tmp_path / "ssr")
     sr_losses, _ = train_stage(stage_env, synthetic_tiny_dir, sr_dir, "pretrain_sr.gin")
     assert_loss_goes_down(sr_losses)
-    ssr_losses, _ = train_stage(stage_env, synthetic_tiny_dir, ssr_dir, "train_ssr.gin", f"--gin.SR_CHECKPOINT={sr_dir}")
+    ssr_losses, _ = train_stage(stage_env, synthetic_tiny_dir, ssr_dir, "train_ssr.gin",
+                                f"--gin.SR_CHECKPOINT={sr_dir}")
     assert len(ssr_losses) == 24 and np.all(np.isfinite(ssr_losses))
     sr, ssr = saved_state(sr_dir), saved_state(ssr_dir)
     sr_weights = state_lib.flatten(sr["ema_params"])  # the SR run trains everything; EMA is what loads
