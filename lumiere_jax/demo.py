@@ -5,10 +5,12 @@
 Runs, each stage through the same command line a user would type (visible progress throughout):
   1. pretrain the T2I U-Net on still frames          (runs/pretrain_t2i.gin)
   2. inflate it into a STUNet, train temporal layers (runs/train_stunet.gin; T2I layers frozen)
-  3. train a tiny SSR, 32x32 -> 64x64 on windows     (runs/train_ssr.gin)
+  3. pretrain a tiny image SR, 32x32 -> 64x64 frames (runs/pretrain_sr.gin), then inflate it into the SSR and
+     train its temporal layers on 4-frame windows      (runs/train_ssr.gin; SR layers frozen)
   4. fine-tune the 7-channel conditional STUNet      (runs/finetune_conditional.gin)
   5. sample text-to-video, image-to-video and a cinemagraph, SSR fused over time by MultiDiffusion
-  6. write a contact sheet PNG and print the synthetic-domain quality score of the text-to-video clips.
+  6. write a contact sheet PNG and print the synthetic-domain quality score of the text-to-video clips, and how
+     well the image-to-video and cinemagraph clips keep the given image (first frame, static region).
 Everything is generated here (no downloads). Stages whose MODEL_DIR already holds the final checkpoint are
 skipped by the trainer's resume logic, so an interrupted demo continues where it stopped.
 """
@@ -44,6 +46,7 @@ class DemoSteps:
     frames: int
     t2i: int
     stunet: int
+    image_sr: int
     ssr: int
     conditional: int
     base_sampling: int
@@ -53,8 +56,9 @@ class DemoSteps:
 # Sized for a 2-core CPU (under 30 minutes with the install; the quick one a few). The T2I stage gets most
 # steps: its held-out loss is still falling at 2000 and text only starts to steer it after ~1500 (measured).
 # SSR and the conditional fine-tune are not scored, so they get just enough steps to show the pipeline.
-FULL = DemoSteps(frames=8, t2i=2000, stunet=300, ssr=60, conditional=60, base_sampling=32, ssr_sampling=8)
-QUICK = DemoSteps(frames=8, t2i=40, stunet=20, ssr=10, conditional=10, base_sampling=6, ssr_sampling=3)
+FULL = DemoSteps(frames=8, t2i=2000, stunet=300, image_sr=150, ssr=60, conditional=60, base_sampling=32,
+                 ssr_sampling=8)
+QUICK = DemoSteps(frames=8, t2i=40, stunet=20, image_sr=10, ssr=10, conditional=10, base_sampling=6, ssr_sampling=3)
 
 
 def run(command: list[str], log_name: str, out_dir: str) -> None:
@@ -108,6 +112,10 @@ def write_condition_inputs(out_dir: str) -> dict[str, str]:
     return {"image": image_path, "caption": synthetic_render.caption(scene, include_motion=False)}
 
 
+CINEMAGRAPH_BOX = (0.0, 0.0, 0.5, 1.0)  # (top, left, bottom, right): the top half animates
+CONDITION_ERROR_LIMIT = 0.1  # mean absolute error (pixels in [-1, 1]) a kept frame or region should stay under
+
+
 def write_prompt_files(out_dir: str, condition: dict[str, str]) -> tuple[str, str]:
     text_rows = [{"id": f"t2v_{index}", "prompt": prompt, "seed": index}
                  for index, prompt in enumerate(TEXT_TO_VIDEO_PROMPTS)]
@@ -115,7 +123,7 @@ def write_prompt_files(out_dir: str, condition: dict[str, str]) -> tuple[str, st
     conditional_rows = [
         {"id": "i2v_0", "mode": "i2v", "prompt": moving, "image": condition["image"], "seed": 10},
         {"id": "cinemagraph_0", "mode": "cinemagraph", "prompt": condition["caption"], "image": condition["image"],
-         "box": "0.0,0.0,0.5,1.0", "seed": 11},
+         "box": ",".join(str(value) for value in CINEMAGRAPH_BOX), "seed": 11},
     ]
     paths = []
     for name, rows in (("text_to_video", text_rows), ("conditional", conditional_rows)):
@@ -176,6 +184,25 @@ def quality_report(video_dir: str) -> dict:
     return {"metrics": scores["metrics"], "chance": scores["chance"], "num_videos": scores["num_videos"]}
 
 
+def condition_report(video_dir: str, image_path: str) -> dict[str, float]:
+    """Errors of the conditional clips against the given image (evaluate/condition_fidelity.py): the first frame
+    of the image-to-video and cinemagraph clips, and the cinemagraph's static region over all frames."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    from lumiere_jax.evaluate import condition_fidelity  # noqa: PLC0415
+    from lumiere_jax.sample import conditions  # noqa: PLC0415
+
+    image = conditions.to_unit_range(tf.io.decode_png(tf.io.read_file(image_path), channels=3).numpy())
+    clips = {row_id: conditions.to_unit_range(np.load(os.path.join(video_dir, f"{row_id}.npy")))
+             for row_id in ("i2v_0", "cinemagraph_0")}
+    region = conditions.box_region(CINEMAGRAPH_BOX, 1, *image.shape[:2])[0]  # [h, w, 1], the job's region
+    return {
+        "i2v_first_frame_mae": condition_fidelity.first_frame_error(clips["i2v_0"], image),
+        "cinemagraph_first_frame_mae": condition_fidelity.first_frame_error(clips["cinemagraph_0"], image),
+        "cinemagraph_static_region_mae": condition_fidelity.static_region_error(clips["cinemagraph_0"], image, region),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lumiere-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few steps per stage (minutes, not a good model)")
@@ -187,15 +214,17 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = os.path.abspath(os.path.join(args.out_dir, "tfds"))
     os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
-    runs = {name: os.path.join(out_dir, "runs", name) for name in ("t2i", "stunet", "ssr", "conditional")}
+    runs = {name: os.path.join(out_dir, "runs", name) for name in ("t2i", "stunet", "sr", "ssr", "conditional")}
 
     run(train_command("pretrain_t2i.gin", runs["t2i"], steps.t2i, data_dir, []), "1_pretrain_t2i", out_dir)
     run(train_command("train_stunet.gin", runs["stunet"], steps.stunet, data_dir,
                       [f"--gin.T2I_CHECKPOINT={runs['t2i']}", *video_stage_bindings(steps.frames)]), "2_train_stunet", out_dir)
+    sr_data = ["--gin.VIDEO_TASK=synthetic_motion_small",
+               "--gin_bindings=seqio_iterator.prepare_configs = ('tiny', 'image_tiny', 'small')",
+               f"--gin_bindings=unet_adapter.overrides = {SSR_OVERRIDES}"]
+    run(train_command("pretrain_sr.gin", runs["sr"], steps.image_sr, data_dir, sr_data), "3_pretrain_sr", out_dir)
     run(train_command("train_ssr.gin", runs["ssr"], steps.ssr, data_dir,
-                      ["--gin.VIDEO_TASK=synthetic_motion_small",
-                       "--gin_bindings=seqio_iterator.prepare_configs = ('tiny', 'image_tiny', 'small')",
-                       f"--gin_bindings=unet_adapter.overrides = {SSR_OVERRIDES}"]), "3_train_ssr", out_dir)
+                      [f"--gin.SR_CHECKPOINT={runs['sr']}", *sr_data]), "3_train_ssr", out_dir)
     run(train_command("finetune_conditional.gin", runs["conditional"], steps.conditional, data_dir,
                       [f"--gin.STUNET_CHECKPOINT={runs['stunet']}", *video_stage_bindings(steps.frames)]),
         "4_finetune_conditional", out_dir)
@@ -215,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     sheet = os.path.join(out_dir, "contact_sheet.png")
     count = contact_sheet([base_dir, video_dir], sheet)
     report = quality_report(base_dir)
+    report["conditioning"] = condition_report(video_dir, condition["image"])
     with open(os.path.join(out_dir, "quality.json"), "w") as file:
         json.dump(report, file, indent=2)
     print(f"\nvideos: {video_dir} (base only: {base_dir})\ncontact sheet ({count} videos): {sheet}")
@@ -223,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         chance = report["chance"].get(name)
         shown = "n/a" if value is None else f"{value:.3f}"
         print(f"  {name:24s} {shown}" + (f"   (chance {chance:.3f})" if chance else ""))
+    print(f"given content kept by the conditional clips (mean absolute error, pixels in [-1, 1]; "
+          f"want <= {CONDITION_ERROR_LIMIT}):")
+    for name, value in report["conditioning"].items():
+        verdict = "ok" if value <= CONDITION_ERROR_LIMIT else "HIGH"
+        print(f"  {name:32s} {value:.3f}  {verdict}")
     print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min")
     return 0
 

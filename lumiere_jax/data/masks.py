@@ -4,7 +4,10 @@
   image_to_video: M = 1 on the whole first frame, 0 elsewhere.
   inpainting:     M = 0 inside a box (every frame), 1 outside.
   cinemagraph:    M = 1 on the whole first frame; later frames 1 only outside a box (the region to animate).
-  unconditional:  M = 0 everywhere (keeps the unconditional task alive during fine-tuning).
+  unconditional:  M = 0 everywhere (keeps the unconditional task alive during fine-tuning: the sampler sends
+                  text-to-video and SDEdit rows to the conditional model with C = M = 0).
+Default rates (our choice; the paper is silent): the four kinds equally often, so a quarter of the
+fine-tuning examples are unconditional.
 During training C is the true clip times M for every kind (our choice); at sampling time a
 cinemagraph's C is the still image repeated over frames, which agrees with M on every known pixel
 only if the scene outside the box is static, which is what the user asks for.
@@ -27,7 +30,7 @@ class MaskRates:
     image_to_video: float = 1.0
     inpainting: float = 1.0
     cinemagraph: float = 1.0
-    unconditional: float = 0.0
+    unconditional: float = 1.0  # a quarter of the examples with the defaults (C = M = 0 at sampling)
     min_box_fraction: float = 0.25
     max_box_fraction: float = 0.75
 

@@ -2,7 +2,8 @@
 
 Design: batch k is a pure function of (config, seed, host shard, k). The tf.data graph is
 deterministic (seeded file order, shuffle, mixture sampling and per-example augmentation seeds;
-`deterministic=True` maps), and condition masks draw their randomness from (seed, example index).
+`deterministic=True` maps), and temporal windows and condition masks draw their randomness from (seed,
+example index).
 The iterator state is `{"step": k, ...}`: small, JSON-serialisable, saved in the model checkpoint's
 metadata. Two ways to resume at step k, both giving exactly the batches of an uninterrupted run:
 
@@ -56,6 +57,7 @@ class InputConfig:
     shuffle: bool = True
     shuffle_buffer_size: int | None = None   # tasks only (None: the task's); mixtures use their tasks'
     mask_rates: masks_lib.MaskRates | None = None  # set for conditional fine-tuning
+    window_frames: int | None = None         # video: cut a random window of this many frames (before masks)
     cache_in_memory: bool = False            # keep decoded examples of small datasets in RAM
     num_epochs: int | None = None            # None: repeat forever
 
@@ -99,14 +101,39 @@ def _modality(provider: seqio.DatasetProviderBase) -> str:
     return "video" if "video" in provider.output_features else "image"
 
 
-def _add_condition_masks(
-    dataset: tf.data.Dataset, seed: int, rates: masks_lib.MaskRates, shard_index: int, num_shards: int,
+def _window_and_masks(
+    dataset: tf.data.Dataset, config: InputConfig, shard_index: int, num_shards: int,
 ) -> tf.data.Dataset:
-    """Mask randomness from (seed, global example number): no two hosts draw the same masks."""
-    def add(index, example):
-        example_seed = tf.stack([tf.constant(seed, tf.int64), index * num_shards + shard_index])
-        return {**example, **masks_lib.add_condition(example["video"], example_seed, rates)}
-    return dataset.enumerate().map(add, num_parallel_calls=tf.data.AUTOTUNE)
+    """Cuts each clip to a random window of `config.window_frames`, then draws its condition masks.
+
+    The window comes first so that C and M refer to the frames the model sees (an image-to-video example
+    keeps its first frame known, a cinemagraph its static region). Randomness comes from (seed, global
+    example number): no two hosts draw the same windows or masks.
+    """
+    frames = config.window_frames
+    if frames is not None:
+        clip_frames = dataset.element_spec["video"].shape[0]
+        if clip_frames is None:
+            raise ValueError(f"{config.mixture_or_task_name} has clips of unknown length; window_frames={frames} "
+                             "needs clips of a fixed number of frames")
+        if clip_frames < frames:
+            raise ValueError(
+                f"{config.mixture_or_task_name} has clips of {clip_frames} frames, fewer than the model's "
+                f"window_frames={frames}; use clips of at least {frames} frames or a model with fewer frames")
+
+    def cut_and_mask(index, example):
+        example_seed = tf.stack([tf.constant(config.seed, tf.int64), index * num_shards + shard_index])
+        window_seed, mask_seed = tf.unstack(tf.random.experimental.stateless_split(example_seed, 2))
+        if frames is not None:
+            video = example["video"]  # [T_clip, H, W, 3]
+            start = tf.random.stateless_uniform(
+                [], window_seed, maxval=video.shape[0] - frames + 1, dtype=tf.int32)
+            window = tf.ensure_shape(video[start:start + frames], [frames, *video.shape[1:]])
+            example = {**example, "video": window}  # [window_frames, H, W, 3]
+        if config.mask_rates is not None:
+            example = {**example, **masks_lib.add_condition(example["video"], mask_seed, config.mask_rates)}
+        return example
+    return dataset.enumerate().map(cut_and_mask, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def make_dataset(
@@ -137,11 +164,10 @@ def make_dataset(
         kwargs.update(shuffle_buffer_size=config.shuffle_buffer_size)
     with _tfds_without_autocache():
         dataset = provider.get_dataset(**kwargs)
-    if config.mask_rates is not None:
-        if modality != "video":
-            raise ValueError(f"{config.mixture_or_task_name} yields images; condition masks need video")
-        dataset = _add_condition_masks(
-            dataset, config.seed, config.mask_rates, shard_index, num_shards)
+    if config.mask_rates is not None and modality != "video":
+        raise ValueError(f"{config.mixture_or_task_name} yields images; condition masks need video")
+    if modality == "video" and (config.mask_rates is not None or config.window_frames is not None):
+        dataset = _window_and_masks(dataset, config, shard_index, num_shards)
 
     pixel_length = dataset.element_spec[modality].shape[0]
     lengths = converter.task_feature_lengths(config.text_length, pixel_length)

@@ -2,6 +2,11 @@
 
 The low-res input is noised with the forward process at a per-example level; the model is told that level
 as a log-SNR (`noise_aug_logsnr` in the UNet call). Training draws the level at random; sampling fixes it.
+
+The augmentation has its own schedule, `AUGMENTATION_SCHEDULE`: the plain cosine schedule, for the low-res
+frames it noises (as in Imagen's cascades), whatever schedule the SR model itself is trained with (the SR's
+is resolution-shifted, train/step.py). Training and sampling both use it, so a level `t` means the same
+noise in both.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ import jax.numpy as jnp
 from lumiere_jax.diffusion import losses
 from lumiere_jax.diffusion import schedules
 
+AUGMENTATION_SCHEDULE: schedules.Schedule = schedules.logsnr_cosine
+
 
 def augmentation_logsnr(
-    rng: jax.Array, batch_size: int, schedule: schedules.Schedule, max_t: float = 1.0,
+    rng: jax.Array, batch_size: int, schedule: schedules.Schedule = AUGMENTATION_SCHEDULE, max_t: float = 1.0,
 ) -> jax.Array:
     """Random augmentation levels for training: `t ~ U[0, max_t]` per example, returned as `logsnr: [B]`."""
     if not 0.0 < max_t <= 1.0:
@@ -25,7 +32,7 @@ def augmentation_logsnr(
 def noise_augment(
     rng: jax.Array,
     low_res: jax.Array,
-    schedule: schedules.Schedule,
+    schedule: schedules.Schedule = AUGMENTATION_SCHEDULE,
     t: float | jax.Array | None = None,
     aug_logsnr: float | jax.Array | None = None,
     max_t: float = 1.0,

@@ -38,6 +38,13 @@ def dynamic_threshold(x0: jax.Array, percentile: float = 99.5) -> jax.Array:
     return jnp.clip(x0, -scale, scale) / scale
 
 
+def thresholded(denoise_fn: samplers.Denoiser, percentile: float | None) -> samplers.Denoiser:
+    """`denoise_fn` followed by dynamic thresholding of its whole x0 prediction (None: unchanged)."""
+    if percentile is None:
+        return denoise_fn
+    return lambda z, logsnr: dynamic_threshold(denoise_fn(z, logsnr), percentile)
+
+
 def _concat_batch(first: Any, second: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), first, second)
 

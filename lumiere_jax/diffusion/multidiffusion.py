@@ -173,12 +173,12 @@ def multidiffusion_sample(
 ) -> jax.Array:
     """Samples a whole clip `shape = [B, T, H, W, C]` from noise with windows fused at every step.
 
-    Noise (initial and per-step) is drawn once for the whole clip; the fused denoiser plugs into
-    `samplers.sample`. Jittable with everything but `rng` and `low_res` static.
+    Noise (initial and per-step) is drawn once for the whole clip, the step noise from one key per clip;
+    the fused denoiser plugs into `samplers.sample`. Jittable with everything but `rng` and `low_res` static.
     """
     starts = window_starts(shape[1], window_length, stride)
     init_rng, sampler_rng = jax.random.split(rng)
     z_init = jax.random.normal(init_rng, tuple(shape), jnp.float32)
     denoise_fn = multidiffusion_denoiser(windowed_denoise_fn, starts, window_length, weights, low_res)
-    return samplers.sample(
-        denoise_fn, sampler_rng, z_init, schedule, num_steps, sampler=sampler, eta=eta, clip_output=clip_output)
+    return samplers.sample(denoise_fn, samplers.keys_per_row(sampler_rng, shape[0]), z_init, schedule, num_steps,
+                           sampler=sampler, eta=eta, clip_output=clip_output)

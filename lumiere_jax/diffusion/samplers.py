@@ -82,9 +82,29 @@ def time_grid(num_steps: int, t_start: float = 1.0) -> jax.Array:
     return jnp.linspace(t_start, 0.0, num_steps + 1, dtype=jnp.float32)
 
 
+def step_noise(keys: jax.Array, index: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
+    """Standard normal noise `[B, *shape]` of step `index`, row b drawn from `fold_in(keys[b], index)` alone."""
+    return jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(key, index), shape, dtype))(keys)
+
+
+def keys_per_row(rng: jax.Array, batch_size: int) -> jax.Array:
+    """Typed keys `[B]` split from one key (typed, or raw `uint32 [2]`), for callers without keys per row."""
+    if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.wrap_key_data(rng)
+    return jax.random.split(rng, batch_size)
+
+
+def check_row_keys(keys: jax.Array, batch_size: int) -> None:
+    """Raises unless `keys` is a typed key array `[B]`: one key per row."""
+    if not jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key) or keys.shape != (batch_size,):
+        raise ValueError(
+            f"the sampler needs one typed key per row, shape ({batch_size},); got dtype {keys.dtype} and shape "
+            f"{keys.shape}. Split a key per row: jax.random.split(jax.random.key(seed), {batch_size})")
+
+
 def sample(
     denoise_fn: Denoiser,
-    rng: jax.Array,
+    keys: jax.Array,
     z_init: jax.Array,
     schedule: schedules.Schedule,
     num_steps: int,
@@ -96,21 +116,24 @@ def sample(
     """Runs `num_steps` sampler steps from `z_init` (at `t_start`) to t = 0 and returns the final x0_hat.
 
     `z_init: [B, ...]`: Gaussian noise for generation (`t_start = 1`), or for SDEdit a video noised to `t_start`
-    with `losses.noisy_sample(video, eps, schedule(t_start))`. The denoiser runs once per step (`num_steps`
-    calls); the last call's x0_hat is the output, optionally clipped to [-1, 1]. `eta` is used by "ddim" only.
-    Step noise is drawn for the whole `z` at once (MultiDiffusion relies on this: never per window).
+    with `losses.noisy_sample(video, eps, schedule(t_start))`. `keys: [B]` typed keys, one per row: row b's
+    step noise comes from `keys[b]` only, so with a denoiser that treats rows independently a row's output
+    does not depend on its batch-mates, the batch size or its position. The denoiser runs once per step
+    (`num_steps` calls); the last call's x0_hat is the output, optionally clipped to [-1, 1]. `eta` is used by
+    "ddim" only. Step noise covers a row's whole `z` (MultiDiffusion relies on this: never per window).
     Jittable with `denoise_fn`, `num_steps`, `t_start`, `sampler` and `clip_output` static.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
-    logsnrs = schedule(time_grid(num_steps, t_start))
     batch_size = z_init.shape[0]
+    check_row_keys(keys, batch_size)
+    logsnrs = schedule(time_grid(num_steps, t_start))
 
     def step(carry, inputs):
         z, _ = carry
         index, logsnr_t, logsnr_s = inputs
         x0_hat = denoise_fn(z, jnp.full((batch_size,), logsnr_t, jnp.float32)).astype(z.dtype)
-        noise = jax.random.normal(jax.random.fold_in(rng, index), z.shape, z.dtype)
+        noise = step_noise(keys, index, z.shape[1:], z.dtype)
         if sampler == "ddim":
             z_next = ddim_step(z, x0_hat, logsnr_t, logsnr_s, eta, noise)
         else:

@@ -4,9 +4,9 @@ temporal MultiDiffusion (PAPER.md 1, 3, 4).
 
 Randomness is per row: each row brings its own key (`keys: uint32 [B, 2]`, raw key data), from which its
 initial noise and the noise of its SR conditioning augmentation are drawn, so a row's video does not depend
-on the other rows of its batch. Stochastic sampler steps (ddpm, ddim with eta > 0) draw their step noise
-for the whole batch from the first row's key (`samplers.sample` takes one key): with those samplers a row's
-output depends on its batch; the default deterministic DDIM (eta = 0) does not.
+on the other rows of its batch. The step noise of stochastic samplers (ddpm, ddim with eta > 0) is drawn per
+row from the row's key too (`samplers.sample` takes keys `[B]`), so a row's output is the same at any batch
+size, shard count and position for every sampler.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from lumiere_jax.diffusion import augmentation
 from lumiere_jax.diffusion import guidance
 from lumiere_jax.diffusion import losses
 from lumiere_jax.diffusion import multidiffusion
@@ -47,7 +48,8 @@ class SamplingConfig:
       ssr_guidance_weight: guidance weight of the SSR stage.
       ssr_window_length: MultiDiffusion window T' (None: the SSR model's frame count).
       ssr_window_stride: window stride (None: half the window, i.e. 50% overlap; our choice).
-      ssr_noise_aug_t: noise conditioning augmentation level (as a diffusion time) of the low-res input.
+      ssr_noise_aug_t: noise conditioning augmentation level of the low-res input, as a time of the
+        augmentation's own schedule (plain cosine, `diffusion.augmentation`), as in training.
     """
 
     num_steps: int = 64
@@ -169,7 +171,7 @@ def generate_base(
         z_init = noise
     denoise_fn = base_denoiser(stage, embeddings, text_mask, batch.get("condition"), batch.get("condition_mask"),
                                batch["guidance_weight"], config)
-    return samplers.sample(denoise_fn, sampler_keys[0], z_init, schedule, num_steps, t_start, config.sampler,
+    return samplers.sample(denoise_fn, sampler_keys, z_init, schedule, num_steps, t_start, config.sampler,
                            config.eta, clip_output=True)
 
 
@@ -180,36 +182,28 @@ def ssr_windows(stage: Stage, num_frames: int, config: SamplingConfig) -> tuple[
     return multidiffusion.window_starts(num_frames, window_length, stride), window_length
 
 
-def upsample_ssr(
+def ssr_denoiser(
     stage: Stage,
     low_res: jax.Array,
-    batch: dict[str, jax.Array],
-    schedule: schedules.Schedule,
+    text_embeddings: jax.Array,
+    text_mask: jax.Array,
+    aug_logsnr: jax.Array,
     config: SamplingConfig,
-) -> jax.Array:
-    """SSR of the whole clip with temporal MultiDiffusion: `low_res: [B, T, h, w, 3]` -> `[B, T, H, W, 3]`.
+) -> samplers.Denoiser:
+    """Whole-clip `denoise_fn(z: [B, T, H, W, 3], logsnr: [B]) -> x0_hat` of the SSR with temporal MultiDiffusion.
 
-    Base frames of another size than the SSR model's `low_res_size` are resized to it first. The low-res clip is noise-augmented once (row noise, level `ssr_noise_aug_t`) before windowing; text,
-    augmentation level and guidance weight are repeated per window; window x0 predictions are fused at
-    every step, and the step noise is drawn once for the whole clip (`multidiffusion`).
+    `low_res: [B, T, h, w, 3]` already noise-augmented (level `aug_logsnr: [B]`). Order (PAPER.md 3 with
+    Imagen's thresholding): classifier-free guidance per window, fusion of the raw guided x0 predictions of
+    all windows, then dynamic thresholding of the fused clip, so overlapping frames average predictions on one
+    scale and each clip gets one percentile.
     """
     adapter = stage.adapter
     batch_size, num_frames = low_res.shape[:2]
-    height, width = adapter.sample_shape[1:3]
-    if low_res.shape[2:4] != (adapter.low_res_size,) * 2:
-        # The SSR model was trained on inputs of low_res_size: bring the base frames to that size first.
-        low_res = jax.image.resize(low_res, (batch_size, num_frames, adapter.low_res_size, adapter.low_res_size, 3),
-                                   "linear")
-    embeddings, text_mask = encode_text(adapter, stage.text_encoder_params, batch["ssr_tokens"],
-                                        batch["ssr_text_mask"])
-    sampler_keys, aug_keys, noise_keys = row_keys(batch["keys"], SSR_STREAM, 3)
-    aug_logsnr = jnp.full((batch_size,), schedule(jnp.float32(config.ssr_noise_aug_t)), jnp.float32)
-    low_res = losses.noisy_sample(low_res, row_normal(aug_keys, low_res.shape[1:]), aug_logsnr)
     starts, window_length = ssr_windows(stage, num_frames, config)
     num_windows = len(starts)
     repeat = lambda per_clip: multidiffusion.repeat_for_windows(per_clip, num_windows)  # noqa: E731
     window_weight = per_row_weight(repeat(jnp.full((batch_size,), config.ssr_guidance_weight)), 5)
-    text = {"text_embeddings": repeat(embeddings), "text_mask": repeat(text_mask),
+    text = {"text_embeddings": repeat(text_embeddings), "text_mask": repeat(text_mask),
             "noise_aug_logsnr": repeat(aug_logsnr)}
     null_text = {**text, "text_embeddings": jnp.zeros_like(text["text_embeddings"]),
                  "text_mask": jnp.zeros_like(text["text_mask"])}
@@ -222,10 +216,40 @@ def upsample_ssr(
     def windowed_denoise_fn(z_windows, logsnr_windows, low_res_windows):
         denoise_fn = guidance.guided_denoiser(
             model_fn, {**text, "low_res": low_res_windows}, {**null_text, "low_res": low_res_windows},
-            window_weight, adapter.parameterization, config.threshold_percentile)
+            window_weight, adapter.parameterization, threshold_percentile=None)
         return denoise_fn(z_windows, logsnr_windows)
 
-    denoise_fn = multidiffusion.multidiffusion_denoiser(windowed_denoise_fn, starts, window_length, low_res=low_res)
+    fused = multidiffusion.multidiffusion_denoiser(windowed_denoise_fn, starts, window_length, low_res=low_res)
+    return guidance.thresholded(fused, config.threshold_percentile)
+
+
+def upsample_ssr(
+    stage: Stage,
+    low_res: jax.Array,
+    batch: dict[str, jax.Array],
+    schedule: schedules.Schedule,
+    config: SamplingConfig,
+) -> jax.Array:
+    """SSR of the whole clip with temporal MultiDiffusion: `low_res: [B, T, h, w, 3]` -> `[B, T, H, W, 3]`.
+
+    Base frames of another size than the SSR model's `low_res_size` are resized to it first. The low-res clip
+    is noise-augmented once (row noise, level `ssr_noise_aug_t`) before windowing; the denoiser is
+    `ssr_denoiser` (guide per window, fuse, threshold), and the step noise is drawn once for the whole clip.
+    """
+    adapter = stage.adapter
+    batch_size, num_frames = low_res.shape[:2]
+    height, width = adapter.sample_shape[1:3]
+    if low_res.shape[2:4] != (adapter.low_res_size,) * 2:
+        # The SSR model was trained on inputs of low_res_size: bring the base frames to that size first.
+        low_res = jax.image.resize(low_res, (batch_size, num_frames, adapter.low_res_size, adapter.low_res_size, 3),
+                                   "linear")
+    embeddings, text_mask = encode_text(adapter, stage.text_encoder_params, batch["ssr_tokens"],
+                                        batch["ssr_text_mask"])
+    sampler_keys, aug_keys, noise_keys = row_keys(batch["keys"], SSR_STREAM, 3)
+    aug_level = augmentation.AUGMENTATION_SCHEDULE(jnp.float32(config.ssr_noise_aug_t))  # not the SR's schedule
+    aug_logsnr = jnp.full((batch_size,), aug_level, jnp.float32)
+    low_res = losses.noisy_sample(low_res, row_normal(aug_keys, low_res.shape[1:]), aug_logsnr)
+    denoise_fn = ssr_denoiser(stage, low_res, embeddings, text_mask, aug_logsnr, config)
     z_init = row_normal(noise_keys, (num_frames, height, width, 3))
-    return samplers.sample(denoise_fn, sampler_keys[0], z_init, schedule, config.ssr_num_steps, 1.0,
+    return samplers.sample(denoise_fn, sampler_keys, z_init, schedule, config.ssr_num_steps, 1.0,
                            config.sampler, config.eta, clip_output=True)

@@ -5,6 +5,10 @@
 
 `W_orig` is the model's own spatial weights: STUNet keeps its T2I weights frozen, so they are the original
 T2I model. The paper picks alpha in [0.5, 1] by hand; any alpha in [0, 1] is accepted here.
+
+The conditional model (paper 4.2) reads <J, C, M> (7 channels) where the T2I model reads 3: on its
+`input_conv/kernel` (`[kh, kw, C_in, C_out]`) the first 3 input channels (J, the spatial T2I part) are
+interpolated and the C and M channels, which the T2I model has no counterpart for, keep the model's weights.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ def interpolate_spatial(params: Params, style_params: Params, alpha: float) -> P
     spatial = [path for path in flat if not is_temporal(path)]
     missing = [path for path in spatial if path not in style]
     mismatched = [f"{path}: {tuple(style[path].shape)} != {tuple(flat[path].shape)}" for path in spatial
-                  if path in style and tuple(style[path].shape) != tuple(flat[path].shape)]
+                  if path in style and tuple(style[path].shape) != tuple(flat[path].shape)
+                  and not _extra_input_channels(path, tuple(style[path].shape), tuple(flat[path].shape))]
     if missing or mismatched:
         raise ValueError(f"the style checkpoint does not match the model's spatial layers (missing {missing[:3]}, "
                          f"shape differences {mismatched[:3]}); give a T2I checkpoint of the same architecture "
@@ -51,5 +56,16 @@ def interpolate_spatial(params: Params, style_params: Params, alpha: float) -> P
             style_weight = style[path]
             if isinstance(weight, jax.Array):
                 style_weight = jax.device_put(style_weight, weight.sharding)
-            out[path] = blend(style_weight, weight)
+            if tuple(style_weight.shape) == tuple(weight.shape):
+                out[path] = blend(style_weight, weight)
+            else:  # input_conv of the conditional model: blend the J channels, keep C and M
+                channels = style_weight.shape[-2]
+                out[path] = jnp.concatenate(
+                    [blend(style_weight, weight[..., :channels, :]), jnp.asarray(weight[..., channels:, :])], axis=-2)
     return state_lib.unflatten(out)
+
+
+def _extra_input_channels(path: str, style_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """True for the input convolution of a model with more input channels (axis -2) than the style model."""
+    return (path.endswith("input_conv/kernel") and len(style_shape) == len(shape) >= 2
+            and style_shape[:-2] == shape[:-2] and style_shape[-1] == shape[-1] and style_shape[-2] < shape[-2])

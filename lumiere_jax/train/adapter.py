@@ -6,13 +6,18 @@ target x0 and extra inputs), the example shapes used for initialisation, and whi
 
 Stages:
   image:       x0 = batch["image"] [B, H, W, 3], or one random frame per clip of batch["video"].
+  image_sr:    the image SR model the SSR is inflated from: x0 = a still image or frame as for "image";
+               low_res = its area-downsampled copy (noise-augmented in the step).
   video:       x0 = batch["video"] [B, T, H, W, 3] (STUNet).
-  For the video stages, clips longer than `window_frames` are cut to a random window of that many frames.
+  For the video stages, clips longer than `window_frames` are cut to a random window of that many frames;
+  shorter clips are an error (the model's frame count is fixed).
   ssr:         x0 = a random window of `window_frames` frames of batch["video"] at high resolution (the SSR
                runs on windows, paper 3.2); low_res = its area-downsampled copy (noise-augmented in the step).
   conditional: x0 = batch["video"]; the model sees <z, C, M> on channels (paper 4.2). C, M come from
-               batch["condition"], batch["condition_mask"]; when absent, image-to-video conditioning is
-               built (C = first frame then blank, M = 1 on the first frame) -- our default.
+               batch["condition"], batch["condition_mask"], which must have been drawn on clips of exactly
+               `window_frames` (a mask cut from a longer clip loses its known first frame); when absent,
+               image-to-video conditioning is built on the window (C = first frame then blank, M = 1 on the
+               first frame) -- our default.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ import jax.numpy as jnp
 Params = Any
 Batch = dict[str, jax.Array]
 
-STAGES = ("image", "video", "ssr", "conditional")
+STAGES = ("image", "image_sr", "video", "ssr", "conditional")
+IMAGE_STAGES = ("image", "image_sr")
+SR_STAGES = ("image_sr", "ssr")
 CONDITION_CHANNELS = 4  # C (3) + M (1), paper 4.2
 
 
@@ -74,12 +81,12 @@ class ModelAdapter:
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ValueError(f"unknown stage {self.stage!r}; choose one of {STAGES}")
-        expected_rank = 3 if self.stage == "image" else 4
+        expected_rank = 3 if self.stage in IMAGE_STAGES else 4
         if len(self.sample_shape) != expected_rank:
             raise ValueError(f"stage {self.stage!r} needs sample_shape of rank {expected_rank} "
                              f"({'(H, W, 3)' if expected_rank == 3 else '(T, H, W, 3)'}); got {self.sample_shape}")
-        if self.stage == "ssr" and not self.low_res_size:
-            raise ValueError("the ssr stage needs low_res_size (frame size of the low-res input)")
+        if self.stage in SR_STAGES and not self.low_res_size:
+            raise ValueError(f"the {self.stage} stage needs low_res_size (frame size of the low-res input)")
 
     @property
     def input_channels(self) -> int:
@@ -89,15 +96,17 @@ class ModelAdapter:
         """Maps a data batch (ARCHITECTURE.md 'Batches') to the model inputs of this stage."""
         if self.stage == "image":
             return ModelInputs(x0=_image_from_batch(batch, rng))
+        if self.stage == "image_sr":
+            image = _image_from_batch(batch, rng)  # [B, H, W, 3]
+            return ModelInputs(x0=image, low_res=area_downsample(image, self.low_res_size))
         video = batch["video"]  # [B, T, H, W, 3]
         condition, mask = batch.get("condition"), batch.get("condition_mask")
         given = self.stage == "conditional" and condition is not None and mask is not None
-        if self.window_frames is not None and video.shape[1] > self.window_frames:
-            start = random_window_starts(rng, video.shape[0], video.shape[1], self.window_frames)
-            video = take_window(video, start, self.window_frames)
-            if given:
-                condition = take_window(condition, start, self.window_frames)
-                mask = take_window(mask, start, self.window_frames)
+        if self.window_frames is not None:
+            check_clip_frames(video.shape[1], self.window_frames, masks_given=given)
+            if video.shape[1] > self.window_frames:
+                start = random_window_starts(rng, video.shape[0], video.shape[1], self.window_frames)
+                video = take_window(video, start, self.window_frames)
         if self.stage == "conditional" and not given:
             condition, mask = first_frame_condition(video)
         if self.stage == "video":
@@ -113,7 +122,7 @@ class ModelAdapter:
         if self.stage == "conditional":
             condition = jnp.zeros((*x0.shape[:-1], CONDITION_CHANNELS), jnp.float32)
         low_res = None
-        if self.stage == "ssr":
+        if self.stage in SR_STAGES:
             low_res = jnp.zeros((*x0.shape[:-3], self.low_res_size, self.low_res_size, 3), jnp.float32)
         embed_dim = self.text_encoder.config.d_model
         text_embeddings = jnp.zeros((batch_size, self.text_length, embed_dim), jnp.float32)
@@ -163,6 +172,19 @@ def _image_from_batch(batch: Batch, rng: jax.Array) -> jax.Array:
     return jnp.take_along_axis(video, frame[:, None, None, None, None], axis=1)[:, 0]
 
 
+def check_clip_frames(clip_frames: int, window_frames: int, masks_given: bool) -> None:
+    """Raises unless clips of `clip_frames` can feed a model of `window_frames` frames."""
+    if clip_frames < window_frames:
+        raise ValueError(f"clips of {clip_frames} frames are shorter than the model's {window_frames} frames; "
+                         f"train on clips of at least {window_frames} frames or use a model with fewer frames")
+    if masks_given and clip_frames != window_frames:
+        raise ValueError(
+            f"condition masks were drawn on clips of {clip_frames} frames but the model sees windows of "
+            f"{window_frames}: a window cut from them would not keep the conditioning (e.g. image-to-video's "
+            f"known first frame). Cut the window before drawing masks: seqio_iterator.window_frames = "
+            f"{window_frames} (runs/finetune_conditional.gin binds it to the model's frame count)")
+
+
 def random_window_starts(rng: jax.Array, batch_size: int, total: int, num_frames: int) -> jax.Array:
     """Uniform start frames `[B]` of windows of `num_frames` inside clips of `total` frames."""
     return jax.random.randint(rng, (batch_size,), 0, total - num_frames + 1)
@@ -174,7 +196,7 @@ def take_window(video: jax.Array, starts: jax.Array, num_frames: int) -> jax.Arr
 
 
 def area_downsample(video: jax.Array, size: int) -> jax.Array:
-    """Averages `video: [B, T, H, W, C]` over square pixel blocks to `[B, T, size, size, C]`."""
+    """Averages `video: [B, (T,) H, W, C]` over square pixel blocks to `[B, (T,) size, size, C]`."""
     *lead, height, width, channels = video.shape
     if height % size or width % size:
         raise ValueError(f"frames of {height}x{width} cannot be area-downsampled to {size}x{size}; "

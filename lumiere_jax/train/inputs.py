@@ -26,6 +26,8 @@ def seqio_iterator(
     prepare_configs: tuple[str, ...] = (),
     sentencepiece_model: str | None = None,
     conditional: bool = False,
+    mask_rates: dict | None = None,
+    window_frames: int | None = None,
     shuffle: bool = True,
     cache_in_memory: bool = False,
     text_cache_dir: str | None = None,
@@ -36,7 +38,10 @@ def seqio_iterator(
 
     With `register_synthetic_motion` the synthetic_motion tasks over `data_dir` are registered (tokenised with
     `sentencepiece_model`, or bytes as ByT5 when None); `prepare_configs` (e.g. ("tiny",)) are rendered into
-    `data_dir` first if missing. `conditional` adds condition videos and masks (paper 4.2). The
+    `data_dir` first if missing. `conditional` adds condition videos and masks (paper 4.2; `mask_rates`
+    overrides fields of `data.masks.MaskRates`, e.g. {'unconditional': 0.2}), drawn on the random
+    window of `window_frames` frames the pipeline cuts from each clip (the model's frame count: bind
+    `seqio_iterator.window_frames = @adapter_window_frames()`, as runs/finetune_conditional.gin does). The
     validation split is read in order, without shuffling, so held-out losses compare across steps.
     With `text_cache_dir` (gin_configs/data/text_cache.gin) examples and frozen-T5 embeddings come from the
     cache `python -m lumiere_jax.data.text_cache` built, read as `<name>_cached_text`; it must have been made
@@ -56,5 +61,5 @@ def seqio_iterator(
         mixture_or_task_name=mixture_or_task_name, global_batch_size=batch_size * num_shards,
         text_length=text_length, split=split,
         seed=seed, shuffle=shuffle and split == "train", cache_in_memory=cache_in_memory,
-        mask_rates=masks_lib.MaskRates() if conditional else None)
+        mask_rates=masks_lib.MaskRates(**(mask_rates or {})) if conditional else None, window_frames=window_frames)
     return pipeline.DataIterator(config, 0, shard_index, num_shards)

@@ -39,7 +39,7 @@ def generate(
     inputs = adapter.inputs_from_batch(batch, input_rng)
     noise_aug_logsnr = None
     if inputs.low_res is not None:
-        low_res, noise_aug_logsnr = augmentation.noise_augment(aug_rng, inputs.low_res, schedule, t=0.0)
+        low_res, noise_aug_logsnr = augmentation.noise_augment(aug_rng, inputs.low_res, t=0.0)
         inputs = dataclasses.replace(inputs, low_res=low_res)
     cond = {"text_embeddings": text_embeddings, "text_mask": text_mask, "inputs": inputs,
             "noise_aug_logsnr": noise_aug_logsnr}
@@ -51,7 +51,8 @@ def generate(
 
     denoise_fn = guidance.guided_denoiser(model_fn, cond, null_cond, guidance_weight, adapter.parameterization)
     z_init = jax.random.normal(noise_rng, inputs.x0.shape, jnp.float32)
-    return samplers.sample(denoise_fn, sample_rng, z_init, schedule, num_steps, clip_output=True)
+    row_keys = samplers.keys_per_row(sample_rng, z_init.shape[0])
+    return samplers.sample(denoise_fn, row_keys, z_init, schedule, num_steps, clip_output=True)
 
 
 def to_uint8_frames(samples: np.ndarray) -> np.ndarray:

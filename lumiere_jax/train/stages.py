@@ -2,7 +2,9 @@
 
   t2i:         image model from scratch (stage "image").
   stunet:      STUNet on clips; T2I layers frozen, only temporal layers train (paper section 2).
-  ssr:         inflated spatial super-resolution on windows of T' frames, noise-augmented low-res input.
+  sr:          image super-resolution U-Net on still frames, noise-augmented low-res input (stage "image_sr").
+  ssr:         spatial super-resolution inflated from the sr model (its layers frozen, only temporal layers
+               train, as STUNet from T2I), on windows of T' frames, noise-augmented low-res input.
   conditional: STUNet on <J, C, M> (7 channels), fine-tuned from the unconditional STUNet (paper 4.2).
 
 A run file picks the stage and a preset size (tiny / small / paper from `models/config.py`); a gin-bound
@@ -25,9 +27,10 @@ from lumiere_jax.models import t5_weights
 from lumiere_jax.models import unet
 from lumiere_jax.train import adapter as adapter_lib
 
-STAGE_KINDS = {"t2i": "image", "stunet": "video", "ssr": "ssr", "conditional": "conditional"}
+STAGE_KINDS = {"t2i": "image", "stunet": "video", "sr": "image_sr", "ssr": "ssr", "conditional": "conditional"}
 _PRESETS = {"t2i": model_config_lib.t2i_config, "stunet": model_config_lib.stunet_config,
-            "ssr": model_config_lib.ssr_config, "conditional": model_config_lib.conditional_config}
+            "sr": model_config_lib.ssr_image_config, "ssr": model_config_lib.ssr_config,
+            "conditional": model_config_lib.conditional_config}
 
 
 def pattern_mask(patterns: Sequence[str]) -> Callable[[Any], Any]:
@@ -55,7 +58,7 @@ def unet_adapter(
     dtype: str | None = None,
     remat: bool | None = None,
 ) -> adapter_lib.ModelAdapter:
-    """A `ModelAdapter` for `stage` ("t2i", "stunet", "ssr", "conditional").
+    """A `ModelAdapter` for `stage` ("t2i", "stunet", "sr", "ssr", "conditional").
 
     `model_config` replaces the preset of `size`; `overrides` ({field: value}) change preset fields while
     keeping the stage's own (channels, temporal, low-res), `temporal_overrides` those of its TemporalConfig;
@@ -79,12 +82,36 @@ def unet_adapter(
                          f"U-Net expects text_embed_dim={config.text_embed_dim}; pick matching presets")
     size_hw = (config.image_size, config.image_size, 3)
     kind = STAGE_KINDS[stage]
-    sample_shape = size_hw if kind == "image" else (config.temporal.num_frames, *size_hw)
+    image = kind in adapter_lib.IMAGE_STAGES
+    sample_shape = size_hw if image else (config.temporal.num_frames, *size_hw)
     return adapter_lib.ModelAdapter(
         name=f"unet_{stage}", module=unet.UNet(config), stage=kind, text_encoder=text_encoder,
         sample_shape=sample_shape, low_res_size=config.low_res_size, text_length=text_length,
         trainable_mask=pattern_mask(trainable_patterns) if trainable_patterns is not None else None,
-        window_frames=None if kind == "image" else config.temporal.num_frames)
+        window_frames=None if image else config.temporal.num_frames)
+
+
+@gin.configurable
+def adapter_window_frames(adapter: adapter_lib.ModelAdapter = gin.REQUIRED) -> int | None:
+    """The frames of one training example of `adapter`'s model (None for images), for the input pipeline:
+    `seqio_iterator.window_frames = @adapter_window_frames()` with `adapter_window_frames.adapter = @unet_adapter()`
+    cuts windows of the model's length before condition masks are drawn."""
+    return adapter.window_frames
+
+
+@gin.configurable
+def sr_schedule_kwargs(adapter: adapter_lib.ModelAdapter = gin.REQUIRED) -> dict[str, int]:
+    """`schedule_kwargs` of the SR's resolution-shifted cosine schedule (`schedules.logsnr_shifted_cosine`).
+
+    Our choice (the paper is silent): the SR denoises frames `image_size / low_res_size` times larger than the
+    base frames the plain cosine schedule serves, so its log-SNR is shifted by `2 log(low_res_size /
+    image_size)` ("simple diffusion"; -4.2 for 128 -> 1024). Bound in runs/train_ssr.gin and sample/ssr.gin:
+    `DiffusionConfig.schedule_kwargs = @sr_schedule_kwargs()` (runs/pretrain_sr.gin too: the image SR and the
+    SSR inflated from it share the schedule).
+    """
+    if adapter.stage not in adapter_lib.SR_STAGES:
+        raise ValueError(f"sr_schedule_kwargs needs an SR adapter ({adapter_lib.SR_STAGES}); got {adapter.stage!r}")
+    return {"resolution": adapter.sample_shape[-2], "base_resolution": adapter.low_res_size}
 
 
 @gin.configurable

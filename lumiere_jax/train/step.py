@@ -41,7 +41,8 @@ class DiffusionConfig:
     Attributes:
       schedule: name for `diffusion.schedules.get_schedule`, with `schedule_kwargs`.
       text_dropout_rate: probability of replacing an example's text by the null text (classifier-free guidance).
-      noise_aug_max_t: SSR noise augmentation level drawn from U[0, noise_aug_max_t] (Imagen-style).
+      noise_aug_max_t: SSR noise augmentation level drawn from U[0, noise_aug_max_t] (Imagen-style), as a time
+        of the augmentation's own schedule (`diffusion.augmentation.AUGMENTATION_SCHEDULE`, plain cosine).
       remat_policy: rematerialisation of the whole model call in the backward pass: "none", "full",
         "dots_saveable", "dots_with_no_batch_dims_saveable". Per-block remat is `UNetConfig.remat`.
     """
@@ -97,7 +98,7 @@ def per_example_losses(
     noise_aug_logsnr = None
     if inputs.low_res is not None:
         low_res, noise_aug_logsnr = augmentation.noise_augment(
-            aug_rng, inputs.low_res, schedule, max_t=config.noise_aug_max_t)
+            aug_rng, inputs.low_res, max_t=config.noise_aug_max_t)  # its own schedule, not the SR's
         inputs = dataclasses.replace(inputs, low_res=low_res)
 
     def model(model_params):

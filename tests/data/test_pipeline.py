@@ -187,3 +187,14 @@ def test_host_batch_size():
     assert pipeline.host_batch_size(32, process_count=4) == 8
     with pytest.raises(ValueError, match="not divisible by the 3 hosts"):
         pipeline.host_batch_size(32, process_count=3)
+
+
+def test_windows_are_cut_before_masks_and_never_longer_than_clips(synthetic_data_dir):
+    config = dataclasses.replace(_CONDITIONAL, mixture_or_task_name="synthetic_motion_tiny", window_frames=8,
+                                 mask_rates=masks.MaskRates(inpainting=0.0, cinemagraph=0.0, unconditional=0.0))
+    batch = next(pipeline.DataIterator(config))
+    assert batch["video"].shape == (4, 8, 32, 32, 3)
+    np.testing.assert_array_equal(batch["condition_mask"][:, 0], 1.0)  # image-to-video: the window's first frame
+    np.testing.assert_array_equal(batch["condition_mask"][:, 1:], 0.0)
+    with pytest.raises(ValueError, match="clips of 16 frames, fewer than the model's window_frames=32"):
+        pipeline.DataIterator(dataclasses.replace(config, window_frames=32)).__next__()

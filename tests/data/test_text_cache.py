@@ -152,14 +152,6 @@ def test_cli_requires_the_cache_dir():
     assert status == 2
 
 
-def test_random_init_key_is_the_trainers():
-    from lumiere_jax.sample import job  # noqa: PLC0415  (the sampler documents the trainer's key)
-
-    for seed in (0, 3):
-        np.testing.assert_array_equal(jax.random.key_data(text_cache.training_text_encoder_rng(seed)),
-                                      jax.random.key_data(job.training_text_encoder_rng(seed)))
-
-
 def test_converter_pads_cached_embeddings():
     examples = [{"video": np.zeros((2, 4, 4, 3), np.float32), "text_tokens": np.arange(3, 3 + n, dtype=np.int32),
                  "text_embeddings": np.full((n, 5), n, np.float32)} for n in (2, 4)]

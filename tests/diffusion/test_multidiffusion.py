@@ -157,7 +157,8 @@ def test_fused_sampler_equals_plain_sampler_for_per_frame_denoiser(gaussian_data
         sampler=sampler, eta=eta, clip_output=False))(rng)
     init_rng, sampler_rng = jax.random.split(rng)
     z_init = jax.random.normal(init_rng, shape)
-    plain = samplers.sample(gaussian_data.denoise, sampler_rng, z_init, SCHEDULE, num_steps, sampler=sampler, eta=eta)
+    plain = samplers.sample(gaussian_data.denoise, samplers.keys_per_row(sampler_rng, shape[0]), z_init, SCHEDULE,
+                            num_steps, sampler=sampler, eta=eta)
     np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-4)
     assert float(jnp.std(plain)) > 0.1  # a real sample, not a collapsed output
 

@@ -95,6 +95,22 @@ def test_same_row_same_video_across_shards_and_batch_sizes(setup, full_job, cond
     assert_same_videos(full_job, bigger, ("t2v", "i2v", "inpaint", "cinemagraph"))
 
 
+def test_ddpm_same_row_same_video_at_any_shard_and_position(setup, condition_files):
+    """Step noise per row (ddpm here; ddim with eta > 0 draws it the same way, tests/diffusion/test_samplers.py):
+    a row's video depends on its own seed only, not on its batch-mates, shard count or position (batch sizes:
+    tests/diffusion/test_samplers.py)."""
+    ddpm = "--gin.SamplingConfig.sampler='ddpm'"
+    rows = [{**row, "seed": 100 + index} for index, row in enumerate(all_rows(condition_files))]
+    full = os.fspath(setup["root"] / "ddpm_full")
+    run_cli(*sample_argv(setup["gin"], write_rows(full + ".jsonl", rows), full, setup["models"], ddpm))
+    moved = os.fspath(setup["root"] / "ddpm_moved")  # reversed rows, shard 0 of 2: other batch-mates and positions
+    run_cli(*sample_argv(setup["gin"], write_rows(moved + ".jsonl", rows[::-1]), moved, setup["models"], ddpm,
+                         "--shard_id=0", "--num_shards=2"))
+    moved_ids = [name[:-4] for name in os.listdir(moved) if name.endswith(".npy")]
+    assert len(moved_ids) >= 2
+    assert_same_videos(full, moved, moved_ids)
+
+
 def test_killed_job_resumes_and_matches(setup, full_job, monkeypatch):
     output_dir = os.fspath(setup["root"] / "killed")
     write_row, written = outputs.write_row, []

@@ -9,10 +9,7 @@ import os
 import jax
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from lumiere_jax.data import masks
-from lumiere_jax.data import synthetic_render
 from lumiere_jax.data import video_io
 from lumiere_jax.data import vocab
 from lumiere_jax.sample import applications
@@ -22,31 +19,11 @@ from lumiere_jax.sample import rows as rows_lib
 from lumiere_jax.train import optimizer as optimizer_lib
 from lumiere_jax.train import state as state_lib
 from lumiere_jax.train import step as step_lib
-from lumiere_jax.models import config as model_config
-from tiny_setup import NUM_FRAMES, SIZE, explicit, make_adapter, random_params, write_png
+from tiny_setup import (NUM_FRAMES, SIZE, make_adapter, one_level_config, random_params, synthetic_pool,
+                        write_png)
 
 TRAIN_STEPS, BATCH, POOL = 300, 8, 256
 BOX = (0.25, 0.25, 0.75, 0.75)
-
-
-def one_level_config() -> model_config.UNetConfig:
-    """A one-level STUNet (no resampling; temporal attention at its only, coarsest, level): cheap to train."""
-    return explicit(
-        model_config.UNetConfig, image_size=SIZE, in_channels=7, base_channels=16, channel_multipliers=(1,),
-        num_res_blocks=1, attention_levels=(), cross_attention_levels=(), num_heads=2, norm_groups=4, embed_dim=32,
-        text_embed_dim=32, text_length=8,
-        temporal=explicit(model_config.TemporalConfig, num_frames=NUM_FRAMES, attention_blocks=1, attention_heads=2))
-
-
-def synthetic_pool(seed: int, count: int):
-    """Clips `[N, T, H, W, 3]` in [-1, 1], captions, and training masks of the three conditional kinds."""
-    rng = np.random.default_rng(seed)
-    scenes = [synthetic_render.sample_scene(rng, NUM_FRAMES, SIZE, SIZE) for _ in range(count)]
-    videos = np.stack([synthetic_render.render(scene, SIZE, SIZE) for scene in scenes]).astype(np.float32) / 127.5 - 1
-    rates = masks.MaskRates(min_box_fraction=0.3, max_box_fraction=0.6)
-    condition_masks = np.stack([masks.sample_condition_mask(tf.constant([seed, index]), NUM_FRAMES, SIZE, SIZE,
-                                                            rates)[0].numpy() for index in range(count)])
-    return videos, [synthetic_render.caption(scene) for scene in scenes], condition_masks
 
 
 @pytest.fixture(scope="module")

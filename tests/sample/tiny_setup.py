@@ -11,7 +11,10 @@ import jax
 import numpy as np
 import optax
 import pytest
+import tensorflow as tf
 
+from lumiere_jax.data import masks
+from lumiere_jax.data import synthetic_render
 from lumiere_jax.data import video_io
 from lumiere_jax.models import config as model_config
 from lumiere_jax.train import checkpoints as checkpoints_lib
@@ -66,6 +69,27 @@ def write_training_checkpoint(model_dir: str, adapter, params, ema_params, step:
                                                 adapter.name, checkpoints_lib.model_signature(params))
     checkpointer.save(step, state, {"index": 0}, params_finite=True)
     checkpointer.close()
+
+
+def one_level_config(in_channels: int = 7) -> model_config.UNetConfig:
+    """A one-level STUNet (no resampling; temporal attention at its only, coarsest, level): cheap to train."""
+    return explicit(
+        model_config.UNetConfig, image_size=SIZE, in_channels=in_channels, base_channels=16, channel_multipliers=(1,),
+        num_res_blocks=1, attention_levels=(), cross_attention_levels=(), num_heads=2, norm_groups=4, embed_dim=32,
+        text_embed_dim=32, text_length=8,
+        temporal=explicit(model_config.TemporalConfig, num_frames=NUM_FRAMES, attention_blocks=1, attention_heads=2))
+
+
+def synthetic_pool(seed: int, count: int, rates: masks.MaskRates | None = None):
+    """Clips `[N, T, H, W, 3]` in [-1, 1], captions, and training masks drawn with `rates` (default: the three
+    conditional kinds, boxes of 0.3 to 0.6 of the frame)."""
+    rng = np.random.default_rng(seed)
+    scenes = [synthetic_render.sample_scene(rng, NUM_FRAMES, SIZE, SIZE) for _ in range(count)]
+    videos = np.stack([synthetic_render.render(scene, SIZE, SIZE) for scene in scenes]).astype(np.float32) / 127.5 - 1
+    rates = rates or masks.MaskRates(unconditional=0.0, min_box_fraction=0.3, max_box_fraction=0.6)
+    condition_masks = np.stack([masks.sample_condition_mask(tf.constant([seed, index]), NUM_FRAMES, SIZE, SIZE,
+                                                            rates)[0].numpy() for index in range(count)])
+    return videos, [synthetic_render.caption(scene) for scene in scenes], condition_masks
 
 
 def write_png(path: str, image: np.ndarray) -> None:

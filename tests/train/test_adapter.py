@@ -26,6 +26,16 @@ def test_image_stage_takes_one_frame_per_clip():
         assert any(np.array_equal(inputs.x0[example], VIDEO[example, t]) for t in range(6))
 
 
+def test_image_sr_stage_takes_one_frame_and_downsamples():
+    adapter = toy.toy_adapter(stage="image_sr")
+    inputs = adapter.inputs_from_batch({"video": jnp.asarray(VIDEO)}, jax.random.key(6))
+    assert inputs.x0.shape == (2, 8, 8, 3) and inputs.low_res.shape == (2, 4, 4, 3)
+    for example in range(2):
+        assert any(np.array_equal(inputs.x0[example], VIDEO[example, t]) for t in range(6))
+    expected = np.asarray(inputs.x0).reshape(2, 4, 2, 4, 2, 3).mean((2, 4))
+    np.testing.assert_allclose(inputs.low_res, expected, atol=1e-7, rtol=1e-6)
+
+
 def test_ssr_stage_cuts_windows_and_downsamples():
     adapter = toy.toy_adapter(stage="ssr", frames=4)
     inputs = adapter.inputs_from_batch({"video": jnp.asarray(VIDEO)}, jax.random.key(2))
@@ -49,19 +59,35 @@ def test_conditional_stage_defaults_to_image_to_video():
     assert adapter.model_input(inputs.x0, inputs).shape[-1] == 7
 
 
-def test_conditional_stage_uses_given_masks():
+def test_conditional_stage_uses_given_masks_of_its_window():
+    adapter = toy.toy_adapter(stage="conditional")
+    video = VIDEO[:, :4]
+    known = np.zeros((2, 4, 8, 8, 1), np.float32)
+    known[:, 0] = 1.0
+    known[:, 1:, :4] = 1.0
+    batch = {"video": video, "condition": video * known, "condition_mask": known}
+    inputs = adapter.inputs_from_batch(jax.tree.map(jnp.asarray, batch), jax.random.key(4))
+    np.testing.assert_array_equal(inputs.x0, video)
+    np.testing.assert_array_equal(inputs.channel_condition[..., 3:], known)
+    np.testing.assert_array_equal(inputs.channel_condition[..., :3], video * known)
+
+
+def test_conditional_stage_refuses_masks_of_longer_clips():
+    """A window cut from masks of a longer clip loses the known first frame: masks must be drawn on the window."""
     adapter = toy.toy_adapter(stage="conditional")
     known = np.zeros((2, 6, 8, 8, 1), np.float32)
-    known[:, :, :4] = 1.0
-    known[:, :, :, :, 0] *= np.arange(1, 7)[None, :, None, None]  # frame-dependent values reveal the window
-    batch = {"video": VIDEO, "condition": VIDEO, "condition_mask": known}
-    inputs = adapter.inputs_from_batch(jax.tree.map(jnp.asarray, batch), jax.random.key(4))
-    mask = np.asarray(inputs.channel_condition[..., 3:])
-    for example in range(2):
-        start = int(mask[example, 0, 0, 0, 0]) - 1  # the same window cut from video, condition and mask
-        np.testing.assert_array_equal(inputs.x0[example], VIDEO[example, start:start + 4])
-        np.testing.assert_array_equal(mask[example], known[example, start:start + 4])
-    np.testing.assert_array_equal(inputs.channel_condition[..., :3], inputs.x0 * mask)
+    known[:, 0] = 1.0
+    batch = {"video": VIDEO, "condition": VIDEO * known, "condition_mask": known}
+    with pytest.raises(ValueError, match="drawn on clips of 6 frames but the model sees windows of 4.*"
+                                         "seqio_iterator.window_frames = 4"):
+        adapter.inputs_from_batch(jax.tree.map(jnp.asarray, batch), jax.random.key(4))
+
+
+@pytest.mark.parametrize("stage", ["video", "ssr", "conditional"])
+def test_video_stages_refuse_clips_shorter_than_the_model(stage):
+    adapter = toy.toy_adapter(stage=stage, frames=8)
+    with pytest.raises(ValueError, match="clips of 6 frames are shorter than the model's 8 frames"):
+        adapter.inputs_from_batch({"video": jnp.asarray(VIDEO)}, jax.random.key(5))
 
 
 def test_sample_shape_must_match_stage():

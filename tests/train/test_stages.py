@@ -1,6 +1,7 @@
 """Each of the four stages from the command line on synthetic_motion, with the real U-Net and T5 (tiny).
 
-t2i -> stunet (inflated from the t2i checkpoint) -> conditional (from the stunet checkpoint); ssr alone.
+t2i -> stunet (inflated from the t2i checkpoint) -> conditional (from the stunet checkpoint); image sr -> ssr
+(inflated from the sr checkpoint).
 """
 
 import os
@@ -27,7 +28,8 @@ def stage_env(cli_env):
 
 
 def train_stage(env, data_dir, model_dir, run_file, *overrides):
-    micro = [f"--gin_file={MICRO}"] + ([] if run_file == "pretrain_t2i.gin" else [f"--gin_file={MICRO_VIDEO}"])
+    image_runs = ("pretrain_t2i.gin", "pretrain_sr.gin")
+    micro = [f"--gin_file={MICRO}"] + ([] if run_file in image_runs else [f"--gin_file={MICRO_VIDEO}"])
     result = subprocess.run(
         [sys.executable, "-m", "lumiere_jax.train", f"--gin_file=runs/{run_file}", "--gin_file=runs/cpu_tiny.gin",
          *micro, f"--gin.MODEL_DIR={model_dir}", f"--gin.seqio_iterator.data_dir={data_dir}", *overrides],
@@ -105,6 +107,17 @@ def test_finetune_conditional(tmp_path, stage_env, synthetic_tiny_dir, stunet_ru
         np.testing.assert_array_equal(value, stunet_frozen[path], err_msg=path)
 
 
-def test_train_ssr(tmp_path, stage_env, synthetic_tiny_dir):
-    losses, _ = train_stage(stage_env, synthetic_tiny_dir, str(tmp_path / "ssr"), "train_ssr.gin")
-    assert_loss_goes_down(losses)
+def test_pretrain_sr_then_train_inflated_ssr(tmp_path, stage_env, synthetic_tiny_dir):
+    sr_dir, ssr_dir = str(tmp_path / "sr"), str(tmp_path / "ssr")
+    sr_losses, _ = train_stage(stage_env, synthetic_tiny_dir, sr_dir, "pretrain_sr.gin")
+    assert_loss_goes_down(sr_losses)
+    ssr_losses, _ = train_stage(stage_env, synthetic_tiny_dir, ssr_dir, "train_ssr.gin",
+                                f"--gin.SR_CHECKPOINT={sr_dir}")
+    assert len(ssr_losses) == 24 and np.all(np.isfinite(ssr_losses))
+    sr, ssr = saved_state(sr_dir), saved_state(ssr_dir)
+    sr_weights = state_lib.flatten(sr["ema_params"])  # the SR run trains everything; EMA is what loads
+    frozen, trainable = state_lib.flatten(ssr["frozen_params"]), state_lib.flatten(ssr["trainable_params"])
+    assert set(frozen) == set(sr_weights)
+    assert trainable and all("temporal" in path for path in trainable)
+    for path, value in sr_weights.items():
+        np.testing.assert_array_equal(frozen[path], value, err_msg=path)

@@ -82,12 +82,14 @@ def temporal_only_mask(params):
 
 @gin.configurable
 def toy_adapter(stage="video", frames=4, size=8, temporal_only=False, name="toy", features=8):
-    sample_shape = (size, size, 3) if stage == "image" else (frames, size, size, 3)
+    image = stage in adapter_lib.IMAGE_STAGES
+    sample_shape = (size, size, 3) if image else (frames, size, size, 3)
     return adapter_lib.ModelAdapter(
         name=name, module=ToyDenoiser(features), stage=stage, text_encoder=ToyTextEncoder(),
-        sample_shape=sample_shape, low_res_size=size // 2 if stage == "ssr" else 0, text_length=TEXT_LENGTH,
+        sample_shape=sample_shape, low_res_size=size // 2 if stage in adapter_lib.SR_STAGES else 0,
+        text_length=TEXT_LENGTH,
         trainable_mask=temporal_only_mask if temporal_only else None,
-        window_frames=None if stage == "image" else frames)
+        window_frames=None if image else frames)
 
 
 class ToyIterator:

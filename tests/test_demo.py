@@ -1,0 +1,36 @@
+"""The demo's conditioning check is wired in: with the stages replaced by stand-ins that write known clips,
+`main` writes the first-frame and static-region errors to quality.json and prints them."""
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from lumiere_jax import demo
+
+
+def test_demo_reports_first_frame_and_static_region_errors(tmp_path, monkeypatch, capsys):
+    def fake_run(command, log_name, out_dir):
+        if log_name != "6_sample_conditional":
+            return
+        output_dir = next(arg.split("=", 1)[1] for arg in command if arg.startswith("--gin.OUTPUT_DIR="))
+        image = tf.io.decode_png(tf.io.read_file(os.path.join(out_dir, "condition_image.png")), channels=3).numpy()
+        large = np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)  # the SSR's 64x64 frames
+        os.makedirs(output_dir, exist_ok=True)
+        np.save(os.path.join(output_dir, "i2v_0.npy"), np.stack([large] * 8))  # keeps the image exactly
+        cinemagraph = np.stack([large] * 8)
+        cinemagraph[:, :32] = 255 - cinemagraph[:, :32]  # the animated top half changes, on frame 0 too
+        np.save(os.path.join(output_dir, "cinemagraph_0.npy"), cinemagraph)
+
+    monkeypatch.setattr(demo, "run", fake_run)
+    monkeypatch.setattr(demo, "contact_sheet", lambda dirs, path: 0)
+    monkeypatch.setattr(demo, "quality_report", lambda video_dir: {"metrics": {}, "chance": {}, "num_videos": 0})
+    assert demo.main(["--quick", f"--out_dir={tmp_path}"]) == 0
+    with open(tmp_path / "quick" / "quality.json") as file:
+        conditioning = json.load(file)["conditioning"]
+    assert conditioning["i2v_first_frame_mae"] == 0.0
+    assert conditioning["cinemagraph_static_region_mae"] == 0.0
+    assert conditioning["cinemagraph_first_frame_mae"] > 0.1  # the animated half of frame 0 was changed
+    printed = capsys.readouterr().out
+    assert "cinemagraph_static_region_mae" in printed and "HIGH" in printed
