@@ -3,6 +3,7 @@ between an input snapshot's files and its commit marker, and after a train step;
 final state is bitwise the uninterrupted run's. (`benchmarks/chaos_resume.py` kills 20 times at random.)"""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -32,5 +33,6 @@ def test_killed_runs_resume_to_the_uninterrupted_state(faults, tmp_path, cli_env
         assert killed.returncode == -9, (fault, killed.stderr[-2000:])
     final = run(cli_env, chaos, synthetic_tiny_dir)
     assert final.returncode == 0, final.stderr[-3000:]
-    assert "restored checkpoint at step 10" in final.stderr
+    # The last kill came right after step 11, while step 10 may still have been saving asynchronously.
+    assert re.search(r"restored checkpoint at step (8|10)\b", final.stderr), final.stderr[-3000:]
     assert_same_tree(saved_state(straight, STEPS), saved_state(chaos, STEPS))
