@@ -14,9 +14,11 @@ import json
 from collections.abc import Sequence
 
 import gin
+import jax
 import numpy as np
 
 from lumiere_jax import storage
+from lumiere_jax.parallel import multihost
 
 
 def write_rows(path: str, prompts: Sequence[str], seeds: Sequence[int]) -> list[str]:
@@ -55,6 +57,17 @@ def sampling_job_generator(step_dir: str, prompts: Sequence[str], seeds: Sequenc
     from lumiere_jax.sample import job as sample_job  # noqa: PLC0415 -- the sampler is only needed here
 
     rows_path = storage.join(work_dir, "prompts.jsonl")
-    ids = write_rows(rows_path, prompts, seeds)
+    ids = [f"{index:06d}" for index in range(len(prompts))]
+    if jax.process_index() == 0:
+        write_rows(rows_path, prompts, seeds)
+    _after_process_0_wrote("lumiere_evaluation_rows")
     sample_job.sample_videos(output_dir=work_dir, prompts=rows_path, base_checkpoint=step_dir, save_arrays=True)
+    _after_process_0_wrote("lumiere_evaluation_videos")  # every host scores the videos process 0 wrote
     return NpyVideos([storage.join(work_dir, f"{row_id}.npy") for row_id in ids])
+
+
+def _after_process_0_wrote(name: str) -> None:
+    """Waits for process 0's writes on every host, then drops cached listings that predate them."""
+    if jax.process_count() > 1:
+        multihost.barrier(name)
+        storage.invalidate_listing_cache()

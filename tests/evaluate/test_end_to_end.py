@@ -68,3 +68,35 @@ def test_two_tiny_checkpoints_are_sampled_scored_logged_and_not_recomputed(tmp_p
     for event in events:
         value = float(tf.make_ndarray(event.tensor_proto))
         assert np.isclose(value, results[event.step]["metrics"]["synthetic/temporal_consistency"])
+
+
+def test_two_hosts_evaluate_a_gcs_run_like_one_process(tmp_path, gcs_emulator):
+    """The evaluation command on a pod of 2 processes (tests/pod_harness.py), run directory on a GCS bucket: both
+    hosts generate together, process 0 writes, and the scores equal those of one process on a local copy."""
+    import pod_harness
+    from lumiere_jax import storage
+
+    config = tiny_setup.base_config(in_channels=3)
+    adapter = tiny_setup.make_adapter("stunet", config)
+    local_dir = str(tmp_path / "run")
+    write_checkpoint(local_dir, adapter, tiny_setup.random_params(adapter, 0), 10)
+    bucket_dir = gcs_emulator.new_bucket() + "/run"
+    storage.copy_tree(local_dir, bucket_dir)
+    lines = ["include 'sample/base.gin'", "include 'sample/cpu_tiny.gin'", "include 'evaluate/synthetic.gin'",
+             "include 'evaluate/sampling.gin'", "BASE_STAGE = 'stunet'", "TEXT_LENGTH = 8",
+             "SamplingConfig.num_steps = 2", "synthetic_prompts.num_prompts = 8", "sample_videos.batch_size = 8",
+             *tiny_setup.unet_bindings("base", config)]
+    gin_file = tmp_path / "evaluate.gin"
+    gin_file.write_text("\n".join(lines) + "\n")
+    env = {**gcs_emulator.env, "PYTHONPATH": pod_harness.REPO}
+    pod = pod_harness.launch("lumiere_jax.evaluate", [f"--gin_file={gin_file}", f"--gin.MODEL_DIR={bucket_dir}",
+                                                      "--compilation_cache_dir="], env, str(tmp_path / "logs"))
+    assert pod.wait(timeout=300) == [0, 0], pod.log(0)[-3000:] + pod.log(1)[-3000:]
+    try:
+        assert evaluate_main.main([f"--gin_file={gin_file}", f"--gin.MODEL_DIR={local_dir}",
+                                   "--compilation_cache_dir="]) == 0
+    finally:
+        gin.clear_config()
+    on_pod, single = job.read_results(bucket_dir, "synthetic"), job.read_results(local_dir, "synthetic")
+    assert sorted(on_pod) == [10] and on_pod[10]["num_videos"] == 8
+    assert on_pod[10]["metrics"] == single[10]["metrics"]
