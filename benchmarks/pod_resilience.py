@@ -4,11 +4,11 @@
   asynchronous Orbax save, between an input snapshot's files and its commit marker, after a train step, or
   after a random delay), each chain resumed to the end and compared bitwise with an uninterrupted run.
 - restart: seconds from process start to the first train step, with an empty and with a warm persistent
-  compilation cache (tiny / small T2I), and seconds from the end of the step in which SIGTERM arrived to the
-  process exit with the checkpoint committed.
+  compilation cache (tiny T2I and STUNet stages), and seconds from the end of the step in which SIGTERM arrived
+  to the process exit with the checkpoint committed.
 
     python -m benchmarks.pod_resilience chaos --chains 5 --kills 4
-    python -m benchmarks.pod_resilience restart --sizes tiny,small
+    python -m benchmarks.pod_resilience restart --stages t2i,stunet
 """
 
 from __future__ import annotations
@@ -60,15 +60,17 @@ def chaos(chains: int, kills: int, steps: int, seed: int) -> None:
     reference = _final_state(straight, steps)
     identical, runs, total_kills = 0, 0, 0
     for chain in range(chains):
-        model_dir, done = os.path.join(work, f"chain_{chain}"), []
-        while len(done) < kills:
+        model_dir, done, floor = os.path.join(work, f"chain_{chain}"), [], 0
+        while len(done) < kills and floor < steps - 2:
             kind = rng.choice(["step", "async_save", "snapshot_commit", "timer"])
-            step = rng.randrange(2, steps, 2) if kind in ("async_save", "snapshot_commit") else rng.randrange(1, steps)
+            # Fault points past the previous one (a resumed run starts at or before it).
+            step = (rng.randrange(floor + 2 - floor % 2, steps, 2) if kind in ("async_save", "snapshot_commit")
+                    else rng.randrange(floor + 1, steps))
             env = _env() if kind == "timer" else _env(LUMIERE_FAULT=f"{kind}@{step}")
             process = subprocess.Popen(_train_command(model_dir, data_dir, steps, *flags), env=env,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if kind == "timer":
-                delay = rng.uniform(3.0, 15.0)
+                delay = rng.uniform(2.0, 8.0)
                 try:
                     process.wait(timeout=delay)
                 except subprocess.TimeoutExpired:
@@ -77,6 +79,7 @@ def chaos(chains: int, kills: int, steps: int, seed: int) -> None:
             runs += 1
             if code == -signal.SIGKILL:
                 done.append(f"{kind}@{step}" if kind != "timer" else f"timer@{delay:.1f}s")
+                floor = step if kind != "timer" else floor
             elif code == 0:
                 break  # finished before the fault point (it had passed it in an earlier run)
         subprocess.run(_train_command(model_dir, data_dir, steps, *flags), env=_env(), check=True,
@@ -101,46 +104,49 @@ def _time_to_first_step(command: list[str], env: dict[str, str]) -> tuple[float,
     return _log_time(first.group(1)) - start, result.stderr
 
 
-def restart(sizes: list[str]) -> None:
-    run_file = os.path.join(REPO, "gin_configs", "runs", "pretrain_t2i.gin")
-    for size in sizes:
-        work = tempfile.mkdtemp(prefix=f"lumiere_restart_{size}_")
-        data_dir, cache = os.path.join(work, "tfds"), os.path.join(work, "jax_cache")
-        overlay = ["--gin_file=runs/cpu_tiny.gin", f"--gin.MODEL_SIZE='{size}'", "--gin.train.log_every_steps=1",
-                   "--gin.train.eval_every_steps=0", "--gin.train.global_batch_size=2",
-                   f"--compilation_cache_dir={cache}"]
-        if size != "tiny":
-            overlay += ["--gin.TEXT_ENCODER='small'", "--gin.IMAGE_TASK='synthetic_motion_image_tiny'"]
-        model_dir = os.path.join(work, "run")
-        command = _train_command(model_dir, data_dir, 1, *overlay, run_file=run_file)
-        subprocess.run(command, env=_env(), check=True, capture_output=True)  # renders data, fills nothing yet
-        cold_dir = os.path.join(work, "cold")
-        os.makedirs(cache, exist_ok=True)
-        for name in os.listdir(cache):
-            os.remove(os.path.join(cache, name))
-        cold, _ = _time_to_first_step(_train_command(cold_dir, data_dir, 1, *overlay, run_file=run_file), _env())
-        warm, _ = _time_to_first_step(_train_command(os.path.join(work, "warm"), data_dir, 1, *overlay,
-                                                     run_file=run_file), _env())
-        print(f"{size}: restart to first step, empty compilation cache {cold:.1f} s, warm {warm:.1f} s "
-              f"({cold / warm:.2f}x)")
-        process = subprocess.Popen(_train_command(os.path.join(work, "sigterm"), data_dir, 100000, *overlay,
+def restart(stages: list[str]) -> None:
+    """Tiny stages of the real trainer (`runs/<stage>.gin` + `runs/cpu_tiny.gin`); the STUNet inflates the T2I run."""
+    work = tempfile.mkdtemp(prefix="lumiere_restart_")
+    data_dir, cache = os.path.join(work, "tfds"), os.path.join(work, "jax_cache")
+    t2i_dir = os.path.join(work, "t2i_source")
+    common = ["--gin_file=runs/cpu_tiny.gin", "--gin.train.log_every_steps=1", "--gin.train.eval_every_steps=0",
+              f"--gin.T2I_CHECKPOINT='{t2i_dir}'"]
+    run_files = {"t2i": "runs/pretrain_t2i.gin", "stunet": "runs/train_stunet.gin"}
+    # Renders the data and makes the T2I checkpoint the STUNet starts from (no compilation cache).
+    subprocess.run(_train_command(t2i_dir, data_dir, 1, *common[:-1], "--compilation_cache_dir=",
+                                  run_file=run_files["t2i"]), env=_env(), check=True, capture_output=True)
+    for stage in stages:
+        flags = [*common, f"--compilation_cache_dir={cache}"] if stage == "stunet" else [
+            *common[:-1], f"--compilation_cache_dir={cache}"]
+        times = []
+        for attempt in ("cold", "warm"):
+            if attempt == "cold" and os.path.isdir(cache):
+                for name in os.listdir(cache):
+                    os.remove(os.path.join(cache, name))
+            seconds, _ = _time_to_first_step(_train_command(os.path.join(work, f"{stage}_{attempt}"), data_dir, 1,
+                                                            *flags, run_file=run_files[stage]), _env())
+            times.append(seconds)
+        print(f"{stage} (tiny): process start to first train step, empty compilation cache {times[0]:.1f} s, "
+              f"warm {times[1]:.1f} s ({times[0] / times[1]:.2f}x)")
+        process = subprocess.Popen(_train_command(os.path.join(work, f"{stage}_sigterm"), data_dir, 100000, *flags,
                                                   "--gin.CheckpointConfig.save_every_steps=100000",
-                                                  "--gin.CheckpointConfig.async_save=True", run_file=run_file),
+                                                  run_file=run_files[stage]),
                                    env=_env(), stderr=subprocess.PIPE, text=True)
         lines = []
         for line in process.stderr:
             lines.append(line)
-            if STEP_LINE.search(line) and int(STEP_LINE.search(line).group(2)) >= 2:
+            match = STEP_LINE.search(line)
+            if match and int(match.group(2)) >= 3:
                 process.send_signal(signal.SIGTERM)
                 break
         rest = process.stderr.read()
         process.wait()
         exited = time.time()
-        steps = STEP_LINE.findall("".join(lines) + rest)
+        last_step = STEP_LINE.findall("".join(lines) + rest)[-1]
         saved = re.search(r"preempted: saved step (\d+)", rest)
-        print(f"{size}: SIGTERM -> exit code {process.returncode}, saved step {saved.group(1) if saved else None}; "
-              f"{exited - _log_time(steps[-1][0]):.1f} s from the end of the last step to exit (checkpoint "
-              f"committed)")
+        print(f"{stage} (tiny): SIGTERM -> exit code {process.returncode}, saved step "
+              f"{saved.group(1) if saved else None}, {exited - _log_time(last_step[0]):.2f} s from the end of that "
+              "step to the process exit (checkpoint committed)")
 
 
 def main() -> None:
@@ -150,12 +156,12 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=4)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sizes", default="tiny,small")
+    parser.add_argument("--stages", default="t2i,stunet")
     args = parser.parse_args()
     if args.what == "chaos":
         chaos(args.chains, args.kills, args.steps, args.seed)
     else:
-        restart(args.sizes.split(","))
+        restart(args.stages.split(","))
 
 
 if __name__ == "__main__":
