@@ -185,6 +185,15 @@ def snapshot_path(directory: str, shard_index: int, num_shards: int) -> str:
     return storage.join(directory, f"shard_{shard_index:05d}_of_{num_shards:05d}")
 
 
+def _same_input_config(saved: Mapping, current: Mapping) -> bool:
+    """Whether a snapshot's input config is this one. A field added to InputConfig after the snapshot was written
+    matches when this run leaves it at its default (the behaviour before the field existed)."""
+    defaults = json.loads(json.dumps({field.name: field.default for field in dataclasses.fields(InputConfig)
+                                      if field.default is not dataclasses.MISSING}))
+    return set(saved) <= set(current) and all(saved.get(key, defaults.get(key)) == value
+                                              for key, value in current.items())
+
+
 class DataIterator:
     """Host-local numpy batches with a resumable position.
 
@@ -298,7 +307,9 @@ class DataIterator:
                 saved = json.loads(file.read())
             expected = self._snapshot_identity(int(state["step"]))
             differences = {key: (saved.get(key), value) for key, value in expected.items()
-                           if saved.get(key) != value}
+                           if key != "config" and saved.get(key) != value}
+            if not _same_input_config(saved.get("config", {}), expected["config"]):
+                differences["config"] = (saved.get("config"), expected["config"])
             if differences:
                 raise ValueError(
                     f"snapshot {path} is of another position or run ({{key: (saved, expected)}} = {differences})")
