@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
 from lumiere_jax import faults, storage
+from lumiere_jax.parallel import multihost
 from lumiere_jax.train import data_snapshot_item
 from lumiere_jax.train import state as state_lib
 
@@ -167,7 +167,7 @@ class Checkpointer:
         one is tried: every host resumes from the same step, and the bad step's number is free for the next save.
         """
         newer_than = None
-        while (step := _agreed_step(self._newest_step_below(newer_than))) >= 0:
+        while (step := int(multihost.from_first_host(np.int64(self._newest_step_below(newer_than))))) >= 0:
             newer_than = step
             meta, problem = None, None
             try:
@@ -181,7 +181,7 @@ class Checkpointer:
                         state=ocp.args.StandardRestore(abstract_state)))
                 except Exception as error:  # noqa: BLE001
                     problem = f"incomplete or corrupted state ({type(error).__name__}: {str(error)[:200]})"
-            if not _all_hosts_agree(problem is None):
+            if not multihost.all_hosts_agree(problem is None):
                 self._set_aside(step, problem or "another host could not read it")
                 continue
             logging.info("restored checkpoint at step %d from %s", step, self.directory)
@@ -200,7 +200,7 @@ class Checkpointer:
         if jax.process_index() == 0:
             storage.move_directory(storage.join(self.directory, str(step)), destination)
             storage.write_text_atomic(storage.join(destination, "REASON.txt"), reason + "\n")
-        _sync_hosts(f"lumiere_set_aside_{step}")
+        multihost.barrier(f"lumiere_set_aside_{step}")
         storage.invalidate_listing_cache()  # process 0 moved files: the other hosts' cached listings are stale
         self.manager.reload()
 
@@ -210,7 +210,7 @@ class Checkpointer:
         committed = set(self.manager.all_steps())
         uncommitted = [int(name) for name in storage.listdir(self.directory)
                        if name.isdigit() and int(name) not in committed]
-        for step in sorted(_agreed_steps(uncommitted)):
+        for step in multihost.ints_from_first_host(sorted(uncommitted)):
             self._set_aside(step, "never committed (no commit marker)")
 
     def _check_same_model(self, step: int, meta: dict) -> None:
@@ -229,33 +229,6 @@ def _save_snapshot_or_warn(save_data_snapshot: Callable[[str], Any], step: int, 
     except Exception as error:  # noqa: BLE001 -- the checkpoint stays usable without it
         logging.warning("could not save the input snapshot of step %d (%s: %s); resuming from this checkpoint "
                         "will skip batches instead", step, type(error).__name__, str(error)[:300])
-
-
-def _agreed_step(step: int) -> int:
-    """Process 0's `step` on every host (one host's view of a listing decides for all)."""
-    if jax.process_count() == 1:
-        return step
-    return int(multihost_utils.broadcast_one_to_all(np.int64(step)))
-
-
-def _agreed_steps(steps: Sequence[int], capacity: int = 64) -> list[int]:
-    if jax.process_count() == 1:
-        return list(steps)
-    padded = np.full(capacity, -1, np.int64)
-    padded[:min(len(steps), capacity)] = sorted(steps)[:capacity]
-    return [int(step) for step in multihost_utils.broadcast_one_to_all(padded) if step >= 0]
-
-
-def _all_hosts_agree(ok: bool) -> bool:
-    """True only if `ok` holds on every host."""
-    if jax.process_count() == 1:
-        return ok
-    return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
-
-
-def _sync_hosts(name: str) -> None:
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
 
 
 def resolve_step_directory(path: str) -> str:
