@@ -1,8 +1,19 @@
-"""DDIM and ancestral DDPM samplers: `jax.lax.scan` loops over a uniform time grid, driven by a denoiser.
+"""Samplers: DDIM, ancestral DDPM and DPM-Solver++(2M), `jax.lax.scan` loops over a uniform time grid.
 
 A denoiser is `denoise_fn(z, logsnr) -> x0_hat` with `z: [B, ...]`, `logsnr: [B]` (docs/ARCHITECTURE.md).
-Every step is affine in `x0_hat`, which is why MultiDiffusion may fuse x0 predictions before stepping.
-Steps go from the noisier `logsnr_t` to the cleaner `logsnr_s` (`logsnr_s > logsnr_t`).
+Every step is affine in the denoiser's x0 predictions, which is why MultiDiffusion may fuse x0 predictions
+before stepping. Steps go from the noisier `logsnr_t` to the cleaner `logsnr_s` (`logsnr_s > logsnr_t`).
+
+DPM-Solver++(2M) (Lu et al. 2022; our choice of multistep solver) integrates the probability-flow ODE in
+`lambda = logsnr / 2` with the data prediction linear in lambda over the last two steps. Written out, its
+update is the deterministic DDIM step applied to an extrapolated prediction:
+
+    h_i = lambda_{i+1} - lambda_i,   r_i = h_{i-1} / h_i
+    D_i = x0_i + (x0_i - x0_{i-1}) / (2 r_i)          (D_0 = x0_0: the first step is first order)
+    z_{i+1} = ddim_step(z_i, D_i, eta = 0)
+
+so it needs no extra denoiser call, keeps one previous prediction, and stays affine in the (fused) x0
+predictions. As for DDIM the output is the last call's x0 prediction.
 """
 
 from __future__ import annotations
@@ -17,7 +28,8 @@ from lumiere_jax.diffusion import schedules
 
 Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
 
-SAMPLERS: tuple[str, ...] = ("ddim", "ddpm")
+SAMPLERS: tuple[str, ...] = ("ddim", "ddpm", "dpmpp_2m")
+TIME_SPACINGS: tuple[str, ...] = ("uniform", "quadratic")
 
 
 def posterior_variance(logsnr_t: jax.Array, logsnr_s: jax.Array) -> jax.Array:
@@ -73,13 +85,35 @@ def ddpm_step(
     return mean + jnp.sqrt(kept_fraction) * sigma_s * noise
 
 
-def time_grid(num_steps: int, t_start: float = 1.0) -> jax.Array:
-    """Uniform grid `t_start = t_0 > t_1 > ... > t_num_steps = 0`: `[num_steps + 1]`."""
+def multistep_weights(logsnrs: jax.Array) -> jax.Array:
+    """Weights `[N]` of the DPM-Solver++(2M) extrapolation, `D_i = x0_i + w_i (x0_i - x0_{i-1})`.
+
+    `logsnrs: [N + 1]` is the step grid; `w_i = h_i / (2 h_{i-1})` with `h` the steps in `lambda = logsnr / 2`
+    (`1 / (2 r_i)` above), and `w_0 = 0` since there is no previous prediction.
+    """
+    steps = jnp.diff(jnp.asarray(logsnrs, jnp.float32))  # [N], proportional to h
+    return jnp.concatenate([jnp.zeros((1,), jnp.float32), steps[1:] / (2.0 * steps[:-1])])
+
+
+def time_grid(num_steps: int, t_start: float = 1.0, spacing: str = "uniform") -> jax.Array:
+    """Grid `t_start = t_0 > t_1 > ... > t_num_steps = 0`: `[num_steps + 1]`.
+
+    "uniform": `t_i = t_start (1 - i / N)`; "quadratic": `t_i = t_start (1 - i / N)^2`, denser at low noise
+    (DDIM's and DPM-Solver's "quadratic" grid), where few-step samplers lose the most.
+    """
     if num_steps < 1:
         raise ValueError(f"num_steps={num_steps} must be at least 1")
     if not 0.0 < t_start <= 1.0:
         raise ValueError(f"t_start={t_start} must lie in (0, 1]; 1 samples from noise, smaller values run SDEdit")
-    return jnp.linspace(t_start, 0.0, num_steps + 1, dtype=jnp.float32)
+    if spacing not in TIME_SPACINGS:
+        raise ValueError(f"unknown time spacing {spacing!r}; choose one of {TIME_SPACINGS}")
+    remaining = jnp.linspace(1.0, 0.0, num_steps + 1, dtype=jnp.float32)
+    return t_start * (remaining if spacing == "uniform" else jnp.square(remaining))
+
+
+def default_spacing(sampler: str) -> str:
+    """The grid a sampler uses unless told otherwise: "quadratic" for the few-step solver, else "uniform"."""
+    return "quadratic" if sampler == "dpmpp_2m" else "uniform"
 
 
 def step_noise(keys: jax.Array, index: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
@@ -112,6 +146,7 @@ def sample(
     sampler: str = "ddim",
     eta: float = 0.0,
     clip_output: bool = False,
+    spacing: str | None = None,
 ) -> jax.Array:
     """Runs `num_steps` sampler steps from `z_init` (at `t_start`) to t = 0 and returns the final x0_hat.
 
@@ -120,26 +155,29 @@ def sample(
     step noise comes from `keys[b]` only, so with a denoiser that treats rows independently a row's output
     does not depend on its batch-mates, the batch size or its position. The denoiser runs once per step
     (`num_steps` calls); the last call's x0_hat is the output, optionally clipped to [-1, 1]. `eta` is used by
-    "ddim" only. Step noise covers a row's whole `z` (MultiDiffusion relies on this: never per window).
-    Jittable with `denoise_fn`, `num_steps`, `t_start`, `sampler` and `clip_output` static.
+    "ddim" only; "dpmpp_2m" is deterministic and draws no step noise. `spacing`: the time grid (`time_grid`;
+    None: `default_spacing(sampler)`). Step noise covers a row's whole `z` (MultiDiffusion relies on this: never per window).
+    Jittable with `denoise_fn`, `num_steps`, `t_start`, `sampler`, `clip_output` and `spacing` static.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
     batch_size = z_init.shape[0]
     check_row_keys(keys, batch_size)
-    logsnrs = schedule(time_grid(num_steps, t_start))
+    logsnrs = schedule(time_grid(num_steps, t_start, spacing or default_spacing(sampler)))
 
     def step(carry, inputs):
-        z, _ = carry
-        index, logsnr_t, logsnr_s = inputs
+        z, x0_previous = carry
+        index, logsnr_t, logsnr_s, multistep_weight = inputs
         x0_hat = denoise_fn(z, jnp.full((batch_size,), logsnr_t, jnp.float32)).astype(z.dtype)
-        noise = step_noise(keys, index, z.shape[1:], z.dtype)
-        if sampler == "ddim":
-            z_next = ddim_step(z, x0_hat, logsnr_t, logsnr_s, eta, noise)
+        if sampler == "dpmpp_2m":
+            extrapolated = x0_hat + multistep_weight * (x0_hat - x0_previous)
+            z_next = ddim_step(z, extrapolated, logsnr_t, logsnr_s, 0.0, jnp.zeros_like(z))
+        elif sampler == "ddim":
+            z_next = ddim_step(z, x0_hat, logsnr_t, logsnr_s, eta, step_noise(keys, index, z.shape[1:], z.dtype))
         else:
-            z_next = ddpm_step(z, x0_hat, logsnr_t, logsnr_s, noise)
+            z_next = ddpm_step(z, x0_hat, logsnr_t, logsnr_s, step_noise(keys, index, z.shape[1:], z.dtype))
         return (z_next.astype(z.dtype), x0_hat), None
 
-    steps = (jnp.arange(num_steps), logsnrs[:-1], logsnrs[1:])
+    steps = (jnp.arange(num_steps), logsnrs[:-1], logsnrs[1:], multistep_weights(logsnrs))
     (_, x0_hat), _ = jax.lax.scan(step, (z_init, jnp.zeros_like(z_init)), steps)
     return jnp.clip(x0_hat, -1.0, 1.0) if clip_output else x0_hat
