@@ -1,8 +1,14 @@
-"""Classifier-free guidance, dynamic thresholding, and the guided denoiser built from a raw model function.
+"""Classifier-free guidance and its controls, dynamic thresholding, and the guided denoiser of a model function.
 
-We guide in x0 space (our choice). The conversion from any of eps / x0 / v to x0 is affine in the prediction,
-with coefficients that depend only on `(z, logsnr)`; both halves of the guided batch share them, so guiding in
-eps, v or x0 space gives the same x0 (tests/diffusion/test_guidance.py checks this).
+Guidance combines the model's raw predictions (eps, x0 or v, whatever the model outputs), then converts to
+x0. The conversion is affine in the prediction with coefficients that depend only on `(z, logsnr)`, which
+both halves of the guided batch share, so plain guidance gives the same x0 in any parameterisation
+(tests/diffusion/test_guidance.py checks this). Controls, each per row:
+  negative prompt   the unconditional half takes any condition (`null_cond`), e.g. a prompt to steer away from;
+  guidance rescale  Lin et al. 2024 (eq. 15-16): `phi * guided * std(cond) / std(guided) + (1 - phi) * guided`,
+                    std over all non-batch dims of a row, in the model's own parameterisation (they use v);
+  guidance interval Kynkaenniemi et al. 2024: guidance only at noise levels inside `[logsnr_low, logsnr_high]`;
+                    outside, the weight is 1 (the conditional prediction alone).
 """
 
 from __future__ import annotations
@@ -22,6 +28,27 @@ ModelFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 def classifier_free_guidance(conditional: jax.Array, unconditional: jax.Array, weight: float) -> jax.Array:
     """`unconditional + weight * (conditional - unconditional)`: weight 1 is conditional, 0 unconditional."""
     return unconditional + weight * (conditional - unconditional)
+
+
+def rescale_guidance(guided: jax.Array, conditional: jax.Array, rescale: float | jax.Array) -> jax.Array:
+    """Guidance rescale (Lin et al. 2024): blends `guided` with itself scaled to the conditional's std per row.
+
+    `guided, conditional: [B, ...]`; `rescale`: phi, a float or `[B]`; 0 leaves `guided` unchanged.
+    """
+    axes = tuple(range(1, guided.ndim))
+    std_ratio = (jnp.std(conditional.astype(jnp.float32), axis=axes, keepdims=True)
+                 / jnp.maximum(jnp.std(guided.astype(jnp.float32), axis=axes, keepdims=True), 1e-12))
+    phi = param_lib.broadcast_to_rank(jnp.asarray(rescale, jnp.float32), guided.ndim)
+    return (phi * guided * std_ratio + (1.0 - phi) * guided).astype(guided.dtype)
+
+
+def interval_weight(weight: float | jax.Array, logsnr: jax.Array, logsnr_interval: jax.Array | None,
+                    ndim: int) -> float | jax.Array:
+    """The guidance weight where `logsnr: [B]` lies inside `logsnr_interval: [B, 2]` (low, high), else 1."""
+    if logsnr_interval is None:
+        return weight
+    inside = (logsnr >= logsnr_interval[:, 0]) & (logsnr <= logsnr_interval[:, 1])  # [B]
+    return jnp.where(param_lib.broadcast_to_rank(inside, ndim), weight, 1.0)
 
 
 def dynamic_threshold(x0: jax.Array, percentile: float = 99.5) -> jax.Array:
@@ -53,17 +80,21 @@ def guided_denoiser(
     model_fn: ModelFn,
     cond: Any,
     null_cond: Any,
-    guidance_weight: float,
+    guidance_weight: float | jax.Array,
     parameterization: str = "v",
     threshold_percentile: float | None = 99.5,
+    rescale: float | jax.Array = 0.0,
+    logsnr_interval: jax.Array | None = None,
 ) -> samplers.Denoiser:
     """Builds `denoise_fn(z, logsnr) -> x0_hat` from `model_fn(z, logsnr, cond) -> raw prediction`.
 
     `cond` and `null_cond` are pytrees with batch dim B (e.g. text embeddings and mask, low-res video); the
-    null one carries the dropped condition (zero embeddings, all-False mask) and anything shared (low-res).
-    Conditional and unconditional run as ONE batch of 2B. Predictions are converted to x0, guided, and then
-    dynamically thresholded (skip with `threshold_percentile=None`). A Python `guidance_weight` of 1 skips the
-    unconditional half entirely; an array weight (e.g. traced) always runs both halves.
+    null one carries the dropped or negative condition (zero embeddings and an all-False mask, or a negative
+    prompt's) and anything shared (low-res). Conditional and unconditional run as ONE batch of 2B. Raw
+    predictions are guided (weight, optionally only inside `logsnr_interval: [B, 2]`), optionally rescaled
+    (`rescale`: phi, float or `[B]`), converted to x0 and dynamically thresholded (skip with
+    `threshold_percentile=None`). A Python `guidance_weight` of 1 without an interval skips the unconditional
+    half entirely; array weights (e.g. per row) always run both halves.
     """
     param_lib.check_parameterization(parameterization)
 
@@ -76,8 +107,11 @@ def guided_denoiser(
         z_both = jnp.concatenate([z, z], axis=0)
         logsnr_both = jnp.concatenate([logsnr, logsnr], axis=0)
         prediction = model_fn(z_both, logsnr_both, _concat_batch(cond, null_cond))
-        x0_both = param_lib.to_x0(prediction, z_both, logsnr_both, parameterization)
-        x0_cond, x0_uncond = jnp.split(x0_both, 2, axis=0)
-        return threshold(classifier_free_guidance(x0_cond, x0_uncond, guidance_weight))
+        conditional, unconditional = jnp.split(prediction, 2, axis=0)
+        weight = interval_weight(guidance_weight, logsnr, logsnr_interval, z.ndim)
+        guided = classifier_free_guidance(conditional, unconditional, weight)
+        if not (isinstance(rescale, (int, float)) and rescale == 0.0):
+            guided = rescale_guidance(guided, conditional, rescale)
+        return threshold(param_lib.to_x0(guided, z, logsnr, parameterization))
 
     return denoise_fn

@@ -115,3 +115,60 @@ def test_bad_arguments():
         guidance.dynamic_threshold(jnp.ones((1, 2)), 150.0)
     with pytest.raises(ValueError, match="unknown parameterization"):
         guidance.guided_denoiser(_toy_model, {}, {}, 1.0, "score")
+
+
+def _numpy_toy_x0(z, logsnr, scale, guided_v=None):
+    """NumPy reference: the toy v model and v -> x0 = alpha z - sigma v."""
+    alpha = np.sqrt(1 / (1 + np.exp(-logsnr)))[:, None, None]
+    sigma = np.sqrt(1 / (1 + np.exp(logsnr)))[:, None, None]
+    v = scale[:, None, None] * np.tanh(z) + 0.1 * logsnr[:, None, None] if guided_v is None else guided_v
+    return alpha * z - sigma * v, v
+
+
+def test_guidance_rescale_matches_its_definition_per_row():
+    """Lin et al. (2024) eq. 15-16 on v predictions, with one phi per row, against NumPy."""
+    z = RNG.normal(size=(3, 5, 4)).astype(np.float32)
+    logsnr = np.array([-1.0, 0.0, 2.0], np.float32)
+    scale = RNG.normal(size=3).astype(np.float32)
+    weight, phi = np.array([4.0, 6.0, 2.0], np.float32), np.array([0.7, 0.0, 1.0], np.float32)
+    _, v_cond = _numpy_toy_x0(z, logsnr, scale)
+    _, v_null = _numpy_toy_x0(z, logsnr, np.zeros(3, np.float32))
+    v_cfg = v_null + weight[:, None, None] * (v_cond - v_null)
+    ratio = v_cond.std(axis=(1, 2), keepdims=True) / v_cfg.std(axis=(1, 2), keepdims=True)
+    v_expected = phi[:, None, None] * v_cfg * ratio + (1 - phi[:, None, None]) * v_cfg
+    expected, _ = _numpy_toy_x0(z, logsnr, scale, guided_v=v_expected)
+    denoise = guidance.guided_denoiser(_toy_model, {"scale": jnp.asarray(scale)}, {"scale": jnp.zeros(3)},
+                                       jnp.asarray(weight)[:, None, None], "v", None, rescale=jnp.asarray(phi))
+    np.testing.assert_allclose(denoise(jnp.asarray(z), jnp.asarray(logsnr)), expected, rtol=1e-4, atol=1e-5)
+    # phi = 1 keeps the conditional prediction's spread: the rescaled v has the conditional v's std.
+    assert abs(v_expected[2].std() - v_cond[2].std()) < 1e-5
+
+
+def test_guidance_interval_guides_only_inside_the_noise_range():
+    """Rows whose log-SNR is outside their interval get the conditional prediction (weight 1)."""
+    z = RNG.normal(size=(4, 3, 2)).astype(np.float32)
+    logsnr = np.array([-3.0, 0.0, 0.0, 4.0], np.float32)
+    interval = np.array([[-1.0, 1.0], [-1.0, 1.0], [1.0, 5.0], [1.0, 5.0]], np.float32)
+    scale = RNG.normal(size=4).astype(np.float32)
+    weight = 5.0
+    x0_cond, v_cond = _numpy_toy_x0(z, logsnr, scale)
+    _, v_null = _numpy_toy_x0(z, logsnr, np.zeros(4, np.float32))
+    x0_guided, _ = _numpy_toy_x0(z, logsnr, scale, guided_v=v_null + weight * (v_cond - v_null))
+    inside = np.array([False, True, False, True])
+    expected = np.where(inside[:, None, None], x0_guided, x0_cond)
+    denoise = guidance.guided_denoiser(_toy_model, {"scale": jnp.asarray(scale)}, {"scale": jnp.zeros(4)}, weight,
+                                       "v", None, logsnr_interval=jnp.asarray(interval))
+    np.testing.assert_allclose(denoise(jnp.asarray(z), jnp.asarray(logsnr)), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_negative_condition_replaces_the_unconditional_branch():
+    """Guidance away from a negative condition: unconditional + w (cond - negative) with the null half taking it."""
+    z = RNG.normal(size=(2, 3, 2)).astype(np.float32)
+    logsnr = np.array([-0.5, 1.0], np.float32)
+    scale, negative = RNG.normal(size=2).astype(np.float32), RNG.normal(size=2).astype(np.float32)
+    _, v_cond = _numpy_toy_x0(z, logsnr, scale)
+    _, v_negative = _numpy_toy_x0(z, logsnr, negative)
+    expected, _ = _numpy_toy_x0(z, logsnr, scale, guided_v=v_negative + 3.0 * (v_cond - v_negative))
+    denoise = guidance.guided_denoiser(_toy_model, {"scale": jnp.asarray(scale)}, {"scale": jnp.asarray(negative)},
+                                       3.0, "v", None)
+    np.testing.assert_allclose(denoise(jnp.asarray(z), jnp.asarray(logsnr)), expected, rtol=1e-4, atol=1e-5)
