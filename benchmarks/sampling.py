@@ -85,12 +85,12 @@ def ssr_sampling(size: str, steps: int, dtype: str, repeats: int) -> dict:
     @jax.jit
     def sample(params, rng, low_res):
         return multidiffusion.multidiffusion_sample(functools.partial(windowed_denoise, params), rng, shape,
-                                                    schedule, steps, window, stride, low_res=low_res)
+                                                    schedule, steps, window, stride, frame_condition=low_res)
 
     @jax.jit
     def fused_call(params, z, logsnr, low_res):
         denoise_fn = multidiffusion.multidiffusion_denoiser(functools.partial(windowed_denoise, params), starts,
-                                                            window, low_res=low_res)
+                                                            window, frame_condition=low_res)
         return denoise_fn(z, logsnr)
 
     z = jax.random.normal(jax.random.key(4), shape)

@@ -1,4 +1,5 @@
-"""MultiDiffusion along time for the SSR stage (PAPER.md section 3; Bar-Tal et al. 2023).
+"""MultiDiffusion along time (PAPER.md section 3; Bar-Tal et al. 2023): the SSR over windows of its length,
+and (our extension, not in the paper) the base STUNet over clips longer than it was trained on.
 
 A clip of T frames is cut into N overlapping windows of T' frames. At every denoising step all windows are
 denoised as one batch, and the window predictions are fused into one clip prediction, the solution of
@@ -24,7 +25,7 @@ import numpy as np
 from lumiere_jax.diffusion import samplers
 from lumiere_jax.diffusion import schedules
 
-# windowed_denoise_fn(z_windows [B*N, T', ...], logsnr_windows [B*N], low_res_windows [B*N, T', ...] | None)
+# windowed_denoise_fn(z_windows [B*N, T', ...], logsnr_windows [B*N], frame_condition_windows [B*N, T', ...] | None)
 WindowedDenoiser = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
 
 
@@ -138,20 +139,21 @@ def multidiffusion_denoiser(
     starts: Sequence[int],
     window_length: int,
     weights: np.ndarray | None = None,
-    low_res: jax.Array | None = None,
+    frame_condition: jax.Array | None = None,
 ) -> samplers.Denoiser:
     """Turns a window denoiser into a whole-clip `denoise_fn(z: [B, T, ...], logsnr: [B]) -> x0_hat`.
 
     Each call crops z into windows, runs ALL windows as one batch through
-    `windowed_denoise_fn(z_windows, logsnr_windows, low_res_windows)`, and fuses the x0 predictions.
-    `low_res: [B, T, h, w, C]` (the SSR conditioning video) is cropped once with the same windows.
+    `windowed_denoise_fn(z_windows, logsnr_windows, frame_condition_windows)`, and fuses the x0 predictions.
+    `frame_condition: [B, T, ...]`, a per-frame input (the SSR's low-res video; the base's <C * M, M>
+    channels), is cropped once with the same windows.
     """
     num_windows = len(starts)
-    low_res_windows = None if low_res is None else crop_windows(low_res, starts, window_length)
+    condition_windows = None if frame_condition is None else crop_windows(frame_condition, starts, window_length)
 
     def denoise_fn(z: jax.Array, logsnr: jax.Array) -> jax.Array:
         z_windows = crop_windows(z, starts, window_length)
-        x0_windows = windowed_denoise_fn(z_windows, repeat_for_windows(logsnr, num_windows), low_res_windows)
+        x0_windows = windowed_denoise_fn(z_windows, repeat_for_windows(logsnr, num_windows), condition_windows)
         return fuse_windows(x0_windows, starts, z.shape[1], weights)
 
     return denoise_fn
@@ -166,7 +168,7 @@ def multidiffusion_sample(
     window_length: int,
     stride: int,
     weights: np.ndarray | None = None,
-    low_res: jax.Array | None = None,
+    frame_condition: jax.Array | None = None,
     sampler: str = "ddim",
     eta: float = 0.0,
     clip_output: bool = True,
@@ -174,11 +176,11 @@ def multidiffusion_sample(
     """Samples a whole clip `shape = [B, T, H, W, C]` from noise with windows fused at every step.
 
     Noise (initial and per-step) is drawn once for the whole clip, the step noise from one key per clip;
-    the fused denoiser plugs into `samplers.sample`. Jittable with everything but `rng` and `low_res` static.
+    the fused denoiser plugs into `samplers.sample`. Jittable with everything but `rng` and `frame_condition` static.
     """
     starts = window_starts(shape[1], window_length, stride)
     init_rng, sampler_rng = jax.random.split(rng)
     z_init = jax.random.normal(init_rng, tuple(shape), jnp.float32)
-    denoise_fn = multidiffusion_denoiser(windowed_denoise_fn, starts, window_length, weights, low_res)
+    denoise_fn = multidiffusion_denoiser(windowed_denoise_fn, starts, window_length, weights, frame_condition)
     return samplers.sample(denoise_fn, samplers.keys_per_row(sampler_rng, shape[0]), z_init, schedule, num_steps,
                            sampler=sampler, eta=eta, clip_output=clip_output)

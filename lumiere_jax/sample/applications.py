@@ -33,13 +33,21 @@ BASE_STREAM, SSR_STREAM = 0, 1  # fold_in constants separating the base and SSR 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-    """Sampler settings of a job; rows may override `num_steps`, `guidance_weight` and `sdedit_strength`.
+    """Sampler settings of a job; rows may override the settings rows.py lists (steps, sampler, guidance...).
 
     Attributes:
       num_steps: base sampler steps.
       guidance_weight: classifier-free guidance weight of the base stage (1 = no guidance).
-      sampler: "ddim" or "ddpm".
+      sampler: "ddim", "ddpm" or "dpmpp_2m" (DPM-Solver++(2M): about a third of DDIM's error at 10-25 steps).
       eta: DDIM stochasticity (0 = deterministic).
+      time_spacing: "uniform" or "quadratic" time grid; None: the sampler's default (`samplers.default_spacing`).
+      negative_prompt: prompt of the unconditional branch of guidance ("" = the null text, as trained).
+      guidance_rescale: phi of guidance rescale (Lin et al. 2024); 0 = off.
+      guidance_interval: `(t_low, t_high)`: guidance only at times of the base schedule inside it ((0, 1) = always).
+      num_frames: base clip length; None = the model's. Longer clips run the base over windows of the model's
+        length fused by MultiDiffusion (our extension; the paper fuses windows of the SSR only).
+      base_window_stride: window stride of such clips (None: half the model's length).
+      context_frames: frames of the previous clip an "extend" row continues from (1 = the image-to-video task).
       threshold_percentile: dynamic thresholding percentile (Imagen: 99.5); None disables it.
       sdedit_strength: SDEdit noise level t0 in (0, 1]: the input video is noised to t0, then denoised.
       replace_known: after every denoiser call, overwrite x0_hat with C where M = 1 (RePaint-style hard
@@ -64,14 +72,44 @@ class SamplingConfig:
     ssr_window_length: int | None = None
     ssr_window_stride: int | None = None
     ssr_noise_aug_t: float = 0.0
+    time_spacing: str | None = None
+    negative_prompt: str = ""
+    guidance_rescale: float = 0.0
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
+    num_frames: int | None = None
+    base_window_stride: int | None = None
+    context_frames: int = 1
 
     def __post_init__(self):
         if self.sampler not in samplers.SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {samplers.SAMPLERS}")
+        if self.time_spacing is not None and self.time_spacing not in samplers.TIME_SPACINGS:
+            raise ValueError(f"unknown time_spacing {self.time_spacing!r}; choose one of {samplers.TIME_SPACINGS}")
+        check_guidance_controls(self.guidance_rescale, self.guidance_interval, "SamplingConfig")
         if self.num_steps < 1 or self.ssr_num_steps < 1:
             raise ValueError(f"num_steps={self.num_steps} and ssr_num_steps={self.ssr_num_steps} must be >= 1")
         if not 0.0 < self.sdedit_strength <= 1.0:
             raise ValueError(f"sdedit_strength={self.sdedit_strength} must lie in (0, 1]")
+
+
+def check_guidance_controls(rescale: float, interval: tuple[float, float], where: str) -> None:
+    """Raises a ValueError naming `where` unless `0 <= rescale <= 1` and `0 <= t_low < t_high <= 1`."""
+    if not 0.0 <= rescale <= 1.0:
+        raise ValueError(f"{where}: guidance_rescale={rescale} must lie in [0, 1] (Lin et al. suggest 0.7)")
+    low, high = interval
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(f"{where}: guidance_interval={tuple(interval)} must be (t_low, t_high) with "
+                         "0 <= t_low < t_high <= 1, times of the sampling schedule (1 = pure noise)")
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticSettings:
+    """The settings fixed at compile time: rows of a job are grouped by them, one compiled sampler each."""
+
+    num_steps: int
+    t_start: float = 1.0
+    sampler: str = "ddim"
+    num_frames: int | None = None  # None: the base model's frame count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,37 +144,102 @@ def encode_text(adapter: adapter_lib.ModelAdapter, text_encoder_params: Params, 
     return adapter.text_encoder.encode(text_encoder_params, tokens, text_mask), text_mask
 
 
+@dataclasses.dataclass(frozen=True)
+class TextGuidance:
+    """Per-row text conditions and guidance controls of one stage; rows may be MultiDiffusion windows.
+
+    The negative text is the unconditional branch's: a negative prompt's embeddings, or zeros with an
+    all-False mask (the null text of training) for rows without one.
+    """
+
+    embeddings: jax.Array  # [B, L, D]
+    mask: jax.Array  # bool [B, L]
+    negative_embeddings: jax.Array  # [B, L, D]
+    negative_mask: jax.Array  # bool [B, L]
+    weight: jax.Array  # [B]
+    rescale: jax.Array  # [B]
+    logsnr_interval: jax.Array  # [B, 2]: guidance on where low <= logsnr <= high
+
+    def repeat(self, num_windows: int) -> TextGuidance:
+        """The same rows repeated for the window batch `[B * N, ...]` (multidiffusion's layout)."""
+        return TextGuidance(*(multidiffusion.repeat_for_windows(getattr(self, field.name), num_windows)
+                              for field in dataclasses.fields(self)))
+
+    def denoiser(self, model_fn: guidance.ModelFn, shared: dict[str, Any], parameterization: str,
+                 rank: int) -> samplers.Denoiser:
+        """Guided, unthresholded `denoise_fn` of `model_fn(z, logsnr, cond)`; `shared` goes to both halves."""
+        cond = {"text_embeddings": self.embeddings, "text_mask": self.mask, **shared}
+        null_cond = {"text_embeddings": self.negative_embeddings, "text_mask": self.negative_mask, **shared}
+        return guidance.guided_denoiser(model_fn, cond, null_cond, per_row_weight(self.weight, rank),
+                                        parameterization, threshold_percentile=None, rescale=self.rescale,
+                                        logsnr_interval=self.logsnr_interval)
+
+
+def text_guidance(stage: Stage, batch: dict[str, jax.Array], prefix: str, weight: jax.Array, rescale: jax.Array,
+                  logsnr_interval: jax.Array) -> TextGuidance:
+    """Encodes `batch[prefix + "tokens"]` and, when given, the negative prompts `prefix + "negative_tokens"`
+    (rows without one have an all-False `negative_text_mask`, which encodes to the null text)."""
+    embeddings, mask = encode_text(stage.adapter, stage.text_encoder_params, batch[prefix + "tokens"],
+                                   batch[prefix + "text_mask"])
+    if prefix + "negative_tokens" in batch:
+        negative, negative_mask = encode_text(stage.adapter, stage.text_encoder_params,
+                                              batch[prefix + "negative_tokens"], batch[prefix + "negative_text_mask"])
+    else:
+        negative, negative_mask = jnp.zeros_like(embeddings), jnp.zeros_like(mask)
+    return TextGuidance(embeddings, mask, negative, negative_mask, weight, rescale, logsnr_interval)
+
+
+def base_guidance(stage: Stage, batch: dict[str, jax.Array], schedule: schedules.Schedule,
+                  config: SamplingConfig) -> TextGuidance:
+    """The base stage's text and per-row controls: `guidance_weight: [B]`, and optionally
+    `guidance_rescale: [B]` and `guidance_interval: [B, 2]` (times) in `batch`, else the job's."""
+    batch_size = batch["tokens"].shape[0]
+    rescale = batch.get("guidance_rescale", jnp.full((batch_size,), config.guidance_rescale, jnp.float32))
+    interval = batch.get("guidance_interval", jnp.tile(jnp.asarray(config.guidance_interval, jnp.float32),
+                                                       (batch_size, 1)))
+    logsnr_interval = schedule(interval)[:, ::-1]  # t_high -> the low log-SNR
+    return text_guidance(stage, batch, "", batch["guidance_weight"], rescale, logsnr_interval)
+
+
 def base_denoiser(
     stage: Stage,
-    text_embeddings: jax.Array,
-    text_mask: jax.Array,
+    text: TextGuidance,
     condition: jax.Array | None,
     condition_mask: jax.Array | None,
-    guidance_weight: jax.Array,
     config: SamplingConfig,
+    num_frames: int,
 ) -> samplers.Denoiser:
-    """Guided `denoise_fn(z, logsnr) -> x0_hat` of the base model for a batch of whole clips.
+    """Guided `denoise_fn(z, logsnr) -> x0_hat` of the base model for a batch of clips of `num_frames`.
 
     `condition: [B, T, H, W, 3]`, `condition_mask: [B, T, H, W, 1]` (conditional models only) are appended to z
-    on channels exactly as the trainer does (`ModelAdapter.inputs_from_batch`, PAPER.md 4.2).
+    on channels exactly as the trainer does (`adapter.channel_condition`, PAPER.md 4.2). Clips longer
+    than the model run as windows of its length fused by MultiDiffusion, in the SSR's order: guide per
+    window, fuse the raw x0, threshold the fused clip.
     """
     adapter = stage.adapter
     channel_condition = None
-    if adapter.stage == "conditional":
-        channel_condition = adapter.inputs_from_batch(
-            {"video": condition, "condition": condition, "condition_mask": condition_mask},
-            jax.random.key(0)).channel_condition  # [B, T, H, W, 4] = <C * M, M>
+    if adapter.stage == "conditional":  # [B, T, H, W, 4] = <C * M, M>, as the trainer builds it
+        channel_condition = adapter_lib.channel_condition(condition, condition_mask)
 
     def model_fn(z, logsnr, cond):
         inputs = adapter_lib.ModelInputs(x0=z, channel_condition=cond["channel_condition"])
         return adapter.apply(stage.params, z, logsnr, inputs, cond["text_embeddings"], cond["text_mask"],
                              None, train=False)
 
-    cond = {"text_embeddings": text_embeddings, "text_mask": text_mask, "channel_condition": channel_condition}
-    null_cond = {**cond, "text_embeddings": jnp.zeros_like(text_embeddings), "text_mask": jnp.zeros_like(text_mask)}
-    weight = per_row_weight(guidance_weight, 5)
-    denoise_fn = guidance.guided_denoiser(model_fn, cond, null_cond, weight, adapter.parameterization,
-                                          config.threshold_percentile)
+    model_frames = adapter.sample_shape[0]
+    if num_frames == model_frames:
+        denoise_fn = text.denoiser(model_fn, {"channel_condition": channel_condition}, adapter.parameterization, 5)
+    else:
+        starts = base_windows(model_frames, num_frames, config)
+        window_text = text.repeat(len(starts))
+
+        def windowed_denoise_fn(z_windows, logsnr_windows, condition_windows):
+            return window_text.denoiser(model_fn, {"channel_condition": condition_windows},
+                                        adapter.parameterization, 5)(z_windows, logsnr_windows)
+
+        denoise_fn = multidiffusion.multidiffusion_denoiser(windowed_denoise_fn, starts, model_frames,
+                                                            frame_condition=channel_condition)
+    denoise_fn = guidance.thresholded(denoise_fn, config.threshold_percentile)
     if not config.replace_known or condition is None:
         return denoise_fn
 
@@ -146,6 +249,15 @@ def base_denoiser(
     return replace_known
 
 
+def base_windows(model_frames: int, num_frames: int, config: SamplingConfig) -> tuple[int, ...]:
+    """MultiDiffusion window starts of a base clip longer than the model (windows of the model's length)."""
+    if num_frames < model_frames:
+        raise ValueError(f"num_frames={num_frames} is shorter than the base model's {model_frames} frames; sample "
+                         f"at least {model_frames} frames (and trim), or use a model trained on shorter clips")
+    stride = config.base_window_stride or max(model_frames // 2, 1)
+    return multidiffusion.window_starts(num_frames, model_frames, stride)
+
+
 def generate_base(
     stage: Stage,
     batch: dict[str, jax.Array],
@@ -153,26 +265,29 @@ def generate_base(
     config: SamplingConfig,
     num_steps: int,
     t_start: float = 1.0,
+    settings: StaticSettings | None = None,
 ) -> jax.Array:
-    """Samples the whole clip with the base model: `[B, T, H, W, 3]` in [-1, 1].
+    """Samples whole clips with the base model: `[B, T, H, W, 3]` in [-1, 1].
 
     `batch`: `tokens: int32 [B, L]`, `text_mask: bool [B, L]`, `keys: uint32 [B, 2]`, `guidance_weight: [B]`;
+    optionally `negative_tokens`, `negative_text_mask`, `guidance_rescale: [B]`, `guidance_interval: [B, 2]`;
     conditional models also `condition`, `condition_mask`; SDEdit (`t_start < 1`) needs `init_video:
-    [B, T, H, W, 3]`, noised to `t_start` with the row's noise (PAPER.md 4, SDEdit).
+    [B, T, H, W, 3]`, noised to `t_start` with the row's noise (PAPER.md 4, SDEdit). `settings` (static)
+    overrides the sampler and the clip length (default: the config's sampler, the model's length).
     """
+    settings = settings or StaticSettings(num_steps, t_start, config.sampler, config.num_frames)
     adapter = stage.adapter
-    embeddings, text_mask = encode_text(adapter, stage.text_encoder_params, batch["tokens"], batch["text_mask"])
+    num_frames = settings.num_frames or adapter.sample_shape[0]
+    text = base_guidance(stage, batch, schedule, config)
     noise_keys, sampler_keys = row_keys(batch["keys"], BASE_STREAM, 2)
-    sample_shape = tuple(adapter.sample_shape)
-    noise = row_normal(noise_keys, sample_shape)
-    if t_start < 1.0:
-        z_init = losses.noisy_sample(batch["init_video"], noise, schedule(jnp.float32(t_start)))
+    noise = row_normal(noise_keys, (num_frames,) + tuple(adapter.sample_shape[1:]))
+    if settings.t_start < 1.0:
+        z_init = losses.noisy_sample(batch["init_video"], noise, schedule(jnp.float32(settings.t_start)))
     else:
         z_init = noise
-    denoise_fn = base_denoiser(stage, embeddings, text_mask, batch.get("condition"), batch.get("condition_mask"),
-                               batch["guidance_weight"], config)
-    return samplers.sample(denoise_fn, sampler_keys, z_init, schedule, num_steps, t_start, config.sampler,
-                           config.eta, clip_output=True)
+    denoise_fn = base_denoiser(stage, text, batch.get("condition"), batch.get("condition_mask"), config, num_frames)
+    return samplers.sample(denoise_fn, sampler_keys, z_init, schedule, settings.num_steps, settings.t_start,
+                           settings.sampler, config.eta, clip_output=True, spacing=config.time_spacing)
 
 
 def ssr_windows(stage: Stage, num_frames: int, config: SamplingConfig) -> tuple[tuple[int, ...], int]:
@@ -185,8 +300,7 @@ def ssr_windows(stage: Stage, num_frames: int, config: SamplingConfig) -> tuple[
 def ssr_denoiser(
     stage: Stage,
     low_res: jax.Array,
-    text_embeddings: jax.Array,
-    text_mask: jax.Array,
+    text: TextGuidance,
     aug_logsnr: jax.Array,
     config: SamplingConfig,
 ) -> samplers.Denoiser:
@@ -198,15 +312,10 @@ def ssr_denoiser(
     scale and each clip gets one percentile.
     """
     adapter = stage.adapter
-    batch_size, num_frames = low_res.shape[:2]
+    num_frames = low_res.shape[1]
     starts, window_length = ssr_windows(stage, num_frames, config)
-    num_windows = len(starts)
-    repeat = lambda per_clip: multidiffusion.repeat_for_windows(per_clip, num_windows)  # noqa: E731
-    window_weight = per_row_weight(repeat(jnp.full((batch_size,), config.ssr_guidance_weight)), 5)
-    text = {"text_embeddings": repeat(text_embeddings), "text_mask": repeat(text_mask),
-            "noise_aug_logsnr": repeat(aug_logsnr)}
-    null_text = {**text, "text_embeddings": jnp.zeros_like(text["text_embeddings"]),
-                 "text_mask": jnp.zeros_like(text["text_mask"])}
+    window_text = text.repeat(len(starts))
+    window_aug_logsnr = multidiffusion.repeat_for_windows(aug_logsnr, len(starts))
 
     def model_fn(z, logsnr, c):
         inputs = adapter_lib.ModelInputs(x0=z, low_res=c["low_res"])
@@ -214,12 +323,11 @@ def ssr_denoiser(
                              c["noise_aug_logsnr"], train=False)
 
     def windowed_denoise_fn(z_windows, logsnr_windows, low_res_windows):
-        denoise_fn = guidance.guided_denoiser(
-            model_fn, {**text, "low_res": low_res_windows}, {**null_text, "low_res": low_res_windows},
-            window_weight, adapter.parameterization, threshold_percentile=None)
-        return denoise_fn(z_windows, logsnr_windows)
+        shared = {"low_res": low_res_windows, "noise_aug_logsnr": window_aug_logsnr}
+        return window_text.denoiser(model_fn, shared, adapter.parameterization, 5)(z_windows, logsnr_windows)
 
-    fused = multidiffusion.multidiffusion_denoiser(windowed_denoise_fn, starts, window_length, low_res=low_res)
+    fused = multidiffusion.multidiffusion_denoiser(windowed_denoise_fn, starts, window_length,
+                                                   frame_condition=low_res)
     return guidance.thresholded(fused, config.threshold_percentile)
 
 
@@ -235,6 +343,8 @@ def upsample_ssr(
     Base frames of another size than the SSR model's `low_res_size` are resized to it first. The low-res clip
     is noise-augmented once (row noise, level `ssr_noise_aug_t`) before windowing; the denoiser is
     `ssr_denoiser` (guide per window, fuse, threshold), and the step noise is drawn once for the whole clip.
+    The SSR guides with the job's `ssr_guidance_weight` and the rows' negative prompts (`ssr_negative_*`),
+    without rescale or interval.
     """
     adapter = stage.adapter
     batch_size, num_frames = low_res.shape[:2]
@@ -243,13 +353,14 @@ def upsample_ssr(
         # The SSR model was trained on inputs of low_res_size: bring the base frames to that size first.
         low_res = jax.image.resize(low_res, (batch_size, num_frames, adapter.low_res_size, adapter.low_res_size, 3),
                                    "linear")
-    embeddings, text_mask = encode_text(adapter, stage.text_encoder_params, batch["ssr_tokens"],
-                                        batch["ssr_text_mask"])
+    always = jnp.tile(jnp.array([-jnp.inf, jnp.inf], jnp.float32), (batch_size, 1))
+    text = text_guidance(stage, batch, "ssr_", jnp.full((batch_size,), config.ssr_guidance_weight, jnp.float32),
+                         jnp.zeros((batch_size,), jnp.float32), always)
     sampler_keys, aug_keys, noise_keys = row_keys(batch["keys"], SSR_STREAM, 3)
     aug_level = augmentation.AUGMENTATION_SCHEDULE(jnp.float32(config.ssr_noise_aug_t))  # not the SR's schedule
     aug_logsnr = jnp.full((batch_size,), aug_level, jnp.float32)
     low_res = losses.noisy_sample(low_res, row_normal(aug_keys, low_res.shape[1:]), aug_logsnr)
-    denoise_fn = ssr_denoiser(stage, low_res, embeddings, text_mask, aug_logsnr, config)
+    denoise_fn = ssr_denoiser(stage, low_res, text, aug_logsnr, config)
     z_init = row_normal(noise_keys, (num_frames, height, width, 3))
     return samplers.sample(denoise_fn, sampler_keys, z_init, schedule, config.ssr_num_steps, 1.0,
-                           config.sampler, config.eta, clip_output=True)
+                           config.sampler, config.eta, clip_output=True, spacing=config.time_spacing)

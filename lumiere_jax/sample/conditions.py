@@ -6,6 +6,8 @@ The conditional model sees <J, C, M> on channels (paper 4.2); M = 1 marks known 
   inpaint:      C = the user's video; M = 0 inside the region to fill, 1 outside, on every frame.
   cinemagraph:  C = the image repeated over all frames; M = 1 on the whole first frame, later frames 1
                 only outside the region to animate.
+  extend:       C = the last k frames of a previous clip on the first k frames, blank after; M = 1 on those k
+                frames (video extension; k = 1 is exactly the image-to-video task the model is trained on).
 Arrays are channels last: `video: [T, H, W, 3]` float32 in [-1, 1], `region`/`mask: [T, H, W, 1]` float32.
 Images and videos are scaled to cover the model's frame and centre-cropped (aspect kept, our choice). A
 region (mask file) must have the pixel size of the image or video it belongs to; it is cropped the same way.
@@ -125,6 +127,20 @@ def image_to_video(image: np.ndarray, num_frames: int) -> tuple[np.ndarray, np.n
     condition, mask = text_to_video(num_frames, *image.shape[:2])
     condition[0] = image
     mask[0] = 1.0
+    return condition, mask
+
+
+def video_extension(previous: np.ndarray, context_frames: int, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """`previous: [T0, H, W, 3]` -> C = its last `context_frames` frames, then blank; M = 1 on those frames."""
+    if not 1 <= context_frames < num_frames:
+        raise ConditionError(f"context_frames={context_frames} must lie in [1, {num_frames - 1}] (the new clip has "
+                             f"{num_frames} frames and must add at least one)")
+    if previous.shape[0] < context_frames:
+        raise ConditionError(f"the previous clip has {previous.shape[0]} frames, fewer than context_frames="
+                             f"{context_frames}; give a longer clip or fewer context frames")
+    condition, mask = text_to_video(num_frames, *previous.shape[1:3])
+    condition[:context_frames] = previous[-context_frames:]
+    mask[:context_frames] = 1.0
     return condition, mask
 
 

@@ -2,8 +2,8 @@
 
 `sample_videos` is the gin entry point (`python -m lumiere_jax.sample`, see cli.py). Rows (rows.py) are
 split over job shards (`shard_id`, `num_shards`); the rows of this shard that have no sidecar yet are
-grouped by their static settings (base steps, SDEdit strength), cut into global batches (padded by
-repeating the last row), run through one jitted function sharded over the mesh (batch over the data axes,
+grouped by their static settings (`applications.StaticSettings`: steps, SDEdit strength, sampler, clip
+length), cut into global batches (padded by repeating the last row), run through one jitted function sharded over the mesh (batch over the data axes,
 parameters by their logical axes), gathered, and written by process 0. Rerunning the same command skips
 finished rows, so a killed job completes where it stopped. Prompt files, condition files, checkpoints and
 OUTPUT_DIR may be local or `gs://` (lumiere_jax/storage.py). Every row's randomness comes from its own key:
@@ -41,7 +41,7 @@ from lumiere_jax.sample import weights
 from lumiere_jax.train import adapter as adapter_lib
 from lumiere_jax.train import step as step_lib
 
-CONDITIONED_MODES = ("i2v", "inpaint", "cinemagraph")
+CONDITIONED_MODES = ("i2v", "inpaint", "cinemagraph", "extend")
 
 
 @dataclasses.dataclass
@@ -79,6 +79,20 @@ def row_t_start(row: rows_lib.Row, config: applications.SamplingConfig) -> float
     return row.strength if row.strength is not None else config.sdedit_strength
 
 
+def _row_or_job(row: rows_lib.Row, config: applications.SamplingConfig, field: str):
+    value = getattr(row, field)
+    return value if value is not None else getattr(config, field)
+
+
+def row_settings(row: rows_lib.Row, config: applications.SamplingConfig,
+                 adapter: adapter_lib.ModelAdapter) -> applications.StaticSettings:
+    """The row's compile-time settings (rows with equal settings share batches)."""
+    return applications.StaticSettings(
+        num_steps=_row_or_job(row, config, "num_steps"), t_start=row_t_start(row, config),
+        sampler=_row_or_job(row, config, "sampler"),
+        num_frames=_row_or_job(row, config, "num_frames") or adapter.sample_shape[0])
+
+
 def check_row_fits(row: rows_lib.Row, adapter: adapter_lib.ModelAdapter) -> None:
     """Conditioned modes need the 7-channel <J, C, M> base model (PAPER.md 4.2)."""
     if row.mode in CONDITIONED_MODES and adapter.stage != "conditional":
@@ -88,6 +102,9 @@ def check_row_fits(row: rows_lib.Row, adapter: adapter_lib.ModelAdapter) -> None
     if adapter.stage not in ("video", "conditional"):
         raise ValueError(f"the base model must be a video model (stage 'video' or 'conditional'), got stage "
                          f"{adapter.stage!r}")
+    if (row.num_frames or adapter.sample_shape[0]) < adapter.sample_shape[0]:
+        raise ValueError(f"row {row.id!r} asks for num_frames={row.num_frames}, fewer than the base model's "
+                         f"{adapter.sample_shape[0]} frames; sample {adapter.sample_shape[0]} or more and trim")
 
 
 def _region(row: rows_lib.Row, source_shape: tuple[int, int], num_frames: int, height: int, width: int):
@@ -99,10 +116,12 @@ def _region(row: rows_lib.Row, source_shape: tuple[int, int], num_frames: int, h
 def row_inputs(row: rows_lib.Row, adapter: adapter_lib.ModelAdapter, config: applications.SamplingConfig,
                job_seed: int) -> dict[str, np.ndarray]:
     """Host arrays of one row for the base stage (no batch dim); condition files are read and fitted here."""
-    num_frames, height, width, _ = adapter.sample_shape
+    _, height, width, _ = adapter.sample_shape
+    num_frames = row_settings(row, config, adapter).num_frames
     arrays = {"keys": row_key_data(row, job_seed),
-              "guidance_weight": np.float32(row.guidance_weight if row.guidance_weight is not None
-                                            else config.guidance_weight)}
+              "guidance_weight": np.float32(_row_or_job(row, config, "guidance_weight")),
+              "guidance_rescale": np.float32(_row_or_job(row, config, "guidance_rescale")),
+              "guidance_interval": np.asarray(_row_or_job(row, config, "guidance_interval"), np.float32)}
     if adapter.stage == "conditional":
         if row.mode == "i2v":
             condition, mask = conditions.image_to_video(
@@ -115,6 +134,10 @@ def row_inputs(row: rows_lib.Row, adapter: adapter_lib.ModelAdapter, config: app
             raw = conditions.read_image(row.image)
             region = _region(row, raw.shape[:2], num_frames, height, width)
             condition, mask = conditions.cinemagraph(conditions.fit_image(raw, height, width), region)
+        elif row.mode == "extend":
+            previous = conditions.fit_video(conditions.read_frames(row.video), height, width)
+            condition, mask = conditions.video_extension(previous, _row_or_job(row, config, "context_frames"),
+                                                         num_frames)
         else:
             condition, mask = conditions.text_to_video(num_frames, height, width)
         arrays["condition"], arrays["condition_mask"] = condition, mask
@@ -130,10 +153,10 @@ def _global_array(full: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
 
 
 def _generate(base_params, base_text_params, ssr_params, ssr_text_params, batch, *, base_adapter, ssr_adapter,
-              schedule, ssr_schedule, config, num_steps, t_start):
+              schedule, ssr_schedule, config, settings):
     """Base clip, then (optionally) SSR: `[B, T, H, W, 3]` in [-1, 1]."""
     base = applications.Stage(base_adapter, base_params, base_text_params)
-    video = applications.generate_base(base, batch, schedule, config, num_steps, t_start)
+    video = applications.generate_base(base, batch, schedule, config, settings.num_steps, settings=settings)
     if ssr_adapter is None:
         return video
     ssr = applications.Stage(ssr_adapter, ssr_params, ssr_text_params)
@@ -165,9 +188,9 @@ class _Models:
                                                                   mesh, rules))
         self.diffusion, self.ssr_diffusion = diffusion, ssr_diffusion
 
-    def generate(self, batch: dict[str, jax.Array], num_steps: int, t_start: float) -> jax.Array:
+    def generate(self, batch: dict[str, jax.Array], settings: applications.StaticSettings) -> jax.Array:
         function = _cached_jit(caching.adapter_key(self.base_adapter), caching.adapter_key(self.ssr_adapter),
-                               self.diffusion, self.ssr_diffusion, self.config, num_steps, t_start,
+                               self.diffusion, self.ssr_diffusion, self.config, settings,
                                partitioning.batch_sharding(self.mesh, 5),
                                caching.Unhashed((self.base_adapter, self.ssr_adapter)))
         return function(self.base_params, self.base_text_params, self.ssr_params, self.ssr_text_params, batch)
@@ -181,18 +204,30 @@ def _jitted_text_encoder_init(config, adapter):
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_jit(base_key, ssr_key, diffusion, ssr_diffusion, config, num_steps, t_start, out_sharding, adapters):
+def _cached_jit(base_key, ssr_key, diffusion, ssr_diffusion, config, settings, out_sharding, adapters):
     """One jitted sampler per (model architecture, settings); jit then caches per input shape and sharding."""
     base_adapter, ssr_adapter = adapters.value
     function = functools.partial(
         _generate, base_adapter=base_adapter, ssr_adapter=ssr_adapter, schedule=diffusion.schedule_fn,
-        ssr_schedule=ssr_diffusion.schedule_fn, config=config, num_steps=num_steps, t_start=t_start)
+        ssr_schedule=ssr_diffusion.schedule_fn, config=config, settings=settings)
     # Inputs are committed to their shardings (parameters by logical axes, batch over the data axes).
     return jax.jit(function, out_shardings=out_sharding)
 
 
 def _tokenize(prompts: Sequence[str], adapter: adapter_lib.ModelAdapter, vocabulary) -> tuple[np.ndarray, np.ndarray]:
     return vocab.tokenize(list(prompts), vocabulary, adapter.text_length)
+
+
+def _text_arrays(rows: Sequence[rows_lib.Row], adapter: adapter_lib.ModelAdapter, vocabulary,
+                 config: applications.SamplingConfig, prefix: str) -> dict[str, np.ndarray]:
+    """Prompt and negative-prompt tokens of a batch; rows without a negative prompt get an all-False mask,
+    which the encoder turns into the null text the model was trained with."""
+    negatives = [_row_or_job(row, config, "negative_prompt") for row in rows]
+    tokens, mask = _tokenize([row.prompt for row in rows], adapter, vocabulary)
+    negative_tokens, negative_mask = _tokenize(negatives, adapter, vocabulary)
+    negative_mask &= np.array([bool(text) for text in negatives])[:, None]
+    return {prefix + "tokens": tokens, prefix + "text_mask": mask, prefix + "negative_tokens": negative_tokens,
+            prefix + "negative_text_mask": negative_mask}
 
 
 def _stack(row_arrays: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -270,14 +305,13 @@ def sample_videos(
             if jax.process_index() == 0:
                 storage.write_text_atomic(storage.join(output_dir, "config.gin"), gin.config_str())
             bar = progress.ProgressBar(len(todo), description=f"sampling shard {shard_id}/{num_shards}")
-            groups: dict[tuple[int, float], list[rows_lib.Row]] = {}
+            groups: dict[applications.StaticSettings, list[rows_lib.Row]] = {}
             for row in todo:
-                steps = row.num_steps if row.num_steps is not None else sampling.num_steps
-                groups.setdefault((steps, row_t_start(row, sampling)), []).append(row)
-            for (num_steps, t_start), group in groups.items():
+                groups.setdefault(row_settings(row, sampling, base_adapter), []).append(row)
+            for settings, group in groups.items():
                 for first in range(0, len(group), global_batch):
                     chunk = group[first:first + global_batch]
-                    sidecars += _run_batch(models, chunk, global_batch, num_steps, t_start, vocabulary, seed,
+                    sidecars += _run_batch(models, chunk, global_batch, settings, vocabulary, seed,
                                            output_dir, fps, write_gif, save_arrays, run_info, first_call=not sidecars)
                     bar.update(len(chunk))
     seconds = time.perf_counter() - start
@@ -302,19 +336,18 @@ def _rows_to_sample(shard: list[rows_lib.Row], output_dir: str) -> list[rows_lib
     return [row for row, todo in zip(shard, unfinished) if todo]
 
 
-def _run_batch(models: _Models, chunk: list[rows_lib.Row], global_batch: int, num_steps: int, t_start: float,
-               vocabulary, job_seed: int, output_dir: str, fps: float, write_gif: bool, save_arrays: bool,
-               run_info: dict, first_call: bool) -> list[dict]:
+def _run_batch(models: _Models, chunk: list[rows_lib.Row], global_batch: int,
+               settings: applications.StaticSettings, vocabulary, job_seed: int, output_dir: str, fps: float,
+               write_gif: bool, save_arrays: bool, run_info: dict, first_call: bool) -> list[dict]:
     """Samples one padded batch and writes its real rows; returns their sidecars."""
     batch_start = time.perf_counter()
     padded = chunk + [chunk[-1]] * (global_batch - len(chunk))
     host = _stack([row_inputs(row, models.base_adapter, models.config, job_seed) for row in padded])
-    host["tokens"], host["text_mask"] = _tokenize([row.prompt for row in padded], models.base_adapter, vocabulary)
+    host.update(_text_arrays(padded, models.base_adapter, vocabulary, models.config, ""))
     if models.ssr_adapter is not None:
-        host["ssr_tokens"], host["ssr_text_mask"] = _tokenize([row.prompt for row in padded], models.ssr_adapter,
-                                                              vocabulary)
+        host.update(_text_arrays(padded, models.ssr_adapter, vocabulary, models.config, "ssr_"))
     batch = {name: _global_array(value, models.mesh) for name, value in host.items()}
-    videos = models.generate(batch, num_steps, t_start)
+    videos = models.generate(batch, settings)
     videos = np.asarray(multihost_utils.process_allgather(videos, tiled=True))
     seconds = time.perf_counter() - batch_start
     sidecars = []
@@ -322,7 +355,10 @@ def _run_batch(models: _Models, chunk: list[rows_lib.Row], global_batch: int, nu
         sidecar = {
             "id": row.id, "index": row.index, "prompt": row.prompt, "mode": row.mode, "seed": row.seed,
             "key": "PRNGKey(seed)" if row.seed is not None else "fold_in(PRNGKey(job_seed), index)",
-            "row": row.to_json(), "num_steps": num_steps, "t_start": t_start,
+            "row": row.to_json(), "num_steps": settings.num_steps, "t_start": settings.t_start,
+            "sampler": settings.sampler, "negative_prompt": _row_or_job(row, models.config, "negative_prompt"),
+            "guidance_rescale": float(host["guidance_rescale"][position]),
+            "guidance_interval": host["guidance_interval"][position].tolist(),
             "guidance_weight": float(host["guidance_weight"][position]),
             "frames": int(video.shape[0]), "height": int(video.shape[1]), "width": int(video.shape[2]),
             "timings": {"batch_seconds": round(seconds, 4), "rows_in_batch": len(chunk), "batch_size": global_batch,

@@ -6,15 +6,21 @@
 Fields (only `prompt` is required):
   prompt           text prompt (may be "" for unconditional generation)
   id               output name (default: the row index as 6 digits); letters, digits, `._-` only
-  mode             one of MODES (default "t2v")
+  mode             one of MODES (default "t2v"); "extend" continues the clip `video` from its last frames
   seed             integer seed of this row (default: fold_in(PRNGKey(job seed), row index))
   image            condition image path (i2v, cinemagraph)
-  video            condition / input video path (inpaint, sdedit)
+  video            condition / input video path (inpaint, sdedit, extend)
   mask             region image or video path: white = region to fill (inpaint) or animate (cinemagraph)
   box              region as "top,left,bottom,right" fractions of the frame in [0, 1] (alternative to mask)
   strength         SDEdit noise level t0 in (0, 1] (default: the job's)
   guidance_weight  classifier-free guidance weight of the base stage (default: the job's)
   num_steps        base sampler steps (default: the job's)
+  sampler          "ddim", "ddpm" or "dpmpp_2m" (default: the job's)
+  negative_prompt  prompt of guidance's unconditional branch (default: the job's; "" = the null text)
+  guidance_rescale phi of guidance rescale in [0, 1] (default: the job's)
+  guidance_interval guidance only at times "t_low,t_high" of the schedule (default: the job's)
+  num_frames       base clip length; longer than the model runs windows fused by MultiDiffusion (default: model's)
+  context_frames   extend: frames of `video` the new clip starts from (default: the job's)
 Relative paths are resolved against the prompt file's folder; the file and its paths may be `gs://` URIs.
 The row index counts the rows of the whole file (before `--shard_id/--num_shards` splitting), so a row's seed
 and name do not depend on the split.
@@ -30,12 +36,15 @@ import os
 import re
 
 from lumiere_jax import storage
+from lumiere_jax.diffusion.samplers import SAMPLERS
 
-MODES: tuple[str, ...] = ("t2v", "i2v", "inpaint", "cinemagraph", "sdedit")
+MODES: tuple[str, ...] = ("t2v", "i2v", "inpaint", "cinemagraph", "sdedit", "extend")
 FIELDS: tuple[str, ...] = ("prompt", "id", "mode", "seed", "image", "video", "mask", "box", "strength",
-                           "guidance_weight", "num_steps")
+                           "guidance_weight", "num_steps", "sampler", "negative_prompt", "guidance_rescale",
+                           "guidance_interval", "num_frames", "context_frames")
 # Condition files each mode needs (one of the pairs for the region).
-_NEEDS = {"i2v": ("image",), "inpaint": ("video",), "cinemagraph": ("image",), "sdedit": ("video",)}
+_NEEDS = {"i2v": ("image",), "inpaint": ("video",), "cinemagraph": ("image",), "sdedit": ("video",),
+          "extend": ("video",)}
 _NEEDS_REGION = ("inpaint", "cinemagraph")
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -60,6 +69,12 @@ class Row:
     strength: float | None = None
     guidance_weight: float | None = None
     num_steps: int | None = None
+    sampler: str | None = None
+    negative_prompt: str | None = None
+    guidance_rescale: float | None = None
+    guidance_interval: tuple[float, float] | None = None
+    num_frames: int | None = None
+    context_frames: int | None = None
 
     def to_json(self) -> dict:
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
@@ -121,11 +136,26 @@ def _make_row(index: int, record: dict, where: str, folder: str) -> Row:
     mode = values.setdefault("mode", "t2v")
     if mode not in MODES:
         raise RowError(f"{where}: unknown mode {mode!r}; choose one of {MODES}")
-    for field, kind in (("seed", int), ("num_steps", int), ("strength", float), ("guidance_weight", float)):
+    for field, kind in (("seed", int), ("num_steps", int), ("strength", float), ("guidance_weight", float),
+                        ("guidance_rescale", float), ("num_frames", int), ("context_frames", int)):
         if field in values:
             values[field] = _convert(values[field], kind, field, where)
     if "box" in values:
         values["box"] = _parse_box(values["box"], where)
+    if "guidance_interval" in values:
+        values["guidance_interval"] = _parse_interval(values["guidance_interval"], where)
+    if values.get("sampler") is not None and values["sampler"] not in SAMPLERS:
+        raise RowError(f"{where}: unknown sampler {values['sampler']!r}; choose one of {SAMPLERS}")
+    if "negative_prompt" in values and not isinstance(values["negative_prompt"], str):
+        raise RowError(f"{where}: negative_prompt must be a string")
+    rescale = values.get("guidance_rescale")
+    if rescale is not None and not 0.0 <= rescale <= 1.0:
+        raise RowError(f"{where}: guidance_rescale={rescale} must lie in [0, 1] (Lin et al. suggest 0.7)")
+    for field in ("num_frames", "context_frames"):
+        if values.get(field) is not None and values[field] < 1:
+            raise RowError(f"{where}: {field}={values[field]} must be at least 1")
+    if "context_frames" in values and mode != "extend":
+        raise RowError(f"{where}: context_frames applies to mode 'extend' only (this row's mode is {mode!r})")
     for field in ("image", "video", "mask"):
         if field in values:
             values[field] = storage.resolve(folder, str(values[field]))
@@ -150,6 +180,18 @@ def _convert(value, kind, field: str, where: str):
     if kind is int and isinstance(value, float) and value != converted:
         raise RowError(f"{where}: {field}={value!r} must be a whole number")
     return converted
+
+
+def _parse_interval(value, where: str) -> tuple[float, float]:
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        low, high = (float(part) for part in parts)
+    except (TypeError, ValueError):
+        raise RowError(f"{where}: guidance_interval={value!r} must be two numbers t_low,t_high") from None
+    if not 0.0 <= low < high <= 1.0:
+        raise RowError(f"{where}: guidance_interval={value!r} must satisfy 0 <= t_low < t_high <= 1 (times of the "
+                       "sampling schedule, 1 = pure noise; e.g. 0.2,0.8)")
+    return low, high
 
 
 def _parse_box(value, where: str) -> tuple[float, float, float, float]:

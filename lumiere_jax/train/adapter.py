@@ -113,7 +113,7 @@ class ModelAdapter:
             return ModelInputs(x0=video)
         if self.stage == "ssr":
             return ModelInputs(x0=video, low_res=area_downsample(video, self.low_res_size))
-        return ModelInputs(x0=video, channel_condition=jnp.concatenate([condition * mask, mask], axis=-1))
+        return ModelInputs(x0=video, channel_condition=channel_condition(condition, mask))
 
     def example_inputs(self, batch_size: int = 1) -> tuple[ModelInputs, jax.Array, jax.Array]:
         """Zero inputs of the right shapes: `(model inputs, text_embeddings [B, L, D], text_mask [B, L])`."""
@@ -161,6 +161,11 @@ class ModelAdapter:
         return self.module.apply(
             {"params": params}, self.model_input(z, inputs), logsnr, text_embeddings, text_mask,
             **self.low_res_kwargs(inputs, noise_aug_logsnr), train=train, rngs=rngs)
+
+
+def channel_condition(condition: jax.Array, mask: jax.Array) -> jax.Array:
+    """The conditional model's extra channels (PAPER.md 4.2): `<C * M, M>`, `[..., 3] + [..., 1] -> [..., 4]`."""
+    return jnp.concatenate([condition * mask, mask], axis=-1)
 
 
 def _image_from_batch(batch: Batch, rng: jax.Array) -> jax.Array:

@@ -123,7 +123,7 @@ def test_single_full_window_equals_plain_denoiser():
     z = jnp.asarray(np.random.default_rng(2).normal(size=(2, 6, 3)), jnp.float32)
     low_res = jnp.asarray(np.random.default_rng(3).normal(size=(2, 6, 3)), jnp.float32)
     logsnr = jnp.array([0.5, -1.0])
-    denoise = multidiffusion.multidiffusion_denoiser(coupled, (0,), 6, low_res=low_res)
+    denoise = multidiffusion.multidiffusion_denoiser(coupled, (0,), 6, frame_condition=low_res)
     np.testing.assert_allclose(denoise(z, logsnr), coupled(z, logsnr, low_res), rtol=1e-6)
 
 
@@ -137,7 +137,7 @@ def test_windowed_denoiser_sees_one_batch_of_cropped_windows_and_low_res():
 
     z = jnp.asarray(np.random.default_rng(4).normal(size=(2, 9, 3)), jnp.float32)
     low_res = jnp.arange(2 * 9, dtype=jnp.float32).reshape(2, 9, 1)
-    denoise = multidiffusion.multidiffusion_denoiser(recording, starts, 4, low_res=low_res)
+    denoise = multidiffusion.multidiffusion_denoiser(recording, starts, 4, frame_condition=low_res)
     np.testing.assert_allclose(denoise(z, jnp.array([1.0, 2.0])), z, rtol=1e-6)
     [(shape, logsnr_windows, low_res_windows)] = calls
     assert shape == (2 * len(starts), 4, 3)
@@ -145,7 +145,7 @@ def test_windowed_denoiser_sees_one_batch_of_cropped_windows_and_low_res():
     np.testing.assert_array_equal(low_res_windows, multidiffusion.crop_windows(low_res, starts, 4))
 
 
-@pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddpm", 0.0)])
+@pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddpm", 0.0), ("dpmpp_2m", 0.0)])
 def test_fused_sampler_equals_plain_sampler_for_per_frame_denoiser(gaussian_data, sampler, eta):
     """End to end: with a per-frame denoiser, overlapping windows + fusion reproduce whole-clip sampling,
     including shared step noise (DDPM): a per-window noise draw would break this equality."""

@@ -31,8 +31,10 @@ def test_ssr_guides_per_window_fuses_raw_x0_then_thresholds_the_clip():
     logsnr, aug_logsnr = np.array([-1.0, 0.5], np.float32), np.array([3.0, 3.0], np.float32)
     config = applications.SamplingConfig(threshold_percentile=PERCENTILE, ssr_guidance_weight=WEIGHT,
                                          ssr_window_length=2, ssr_window_stride=1)
-    denoise_fn = applications.ssr_denoiser(stage, jnp.asarray(low_res), jnp.asarray(embeddings),
-                                           jnp.asarray(text_mask), jnp.asarray(aug_logsnr), config)
+    text = applications.TextGuidance(
+        jnp.asarray(embeddings), jnp.asarray(text_mask), jnp.zeros(embeddings.shape), jnp.zeros(text_mask.shape, bool),
+        weight=jnp.full((2,), WEIGHT), rescale=jnp.zeros(2), logsnr_interval=jnp.tile(jnp.array([-99.0, 99.0]), (2, 1)))
+    denoise_fn = applications.ssr_denoiser(stage, jnp.asarray(low_res), text, jnp.asarray(aug_logsnr), config)
     result = np.asarray(jax.jit(denoise_fn)(jnp.asarray(z), jnp.asarray(logsnr)))
 
     alpha = np.sqrt(1 / (1 + np.exp(-logsnr))).reshape(-1, 1, 1, 1, 1)
@@ -67,7 +69,7 @@ def test_ssr_augmentation_level_is_on_the_plain_cosine_schedule(monkeypatch):
     stage = applications.Stage(adapter, None, text_params)
     seen = {}
 
-    def recording_denoiser(stage, low_res, text_embeddings, text_mask, aug_logsnr, config):
+    def recording_denoiser(stage, low_res, text, aug_logsnr, config):
         seen["aug_logsnr"] = np.asarray(aug_logsnr)
         return lambda z, logsnr: z
 
