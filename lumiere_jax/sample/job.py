@@ -262,6 +262,7 @@ def sample_videos(
     logical_axis_rules: Sequence[tuple[str, Any]] = mesh_lib.LOGICAL_AXIS_RULES,
     shard_id: int = 0,
     num_shards: int = 1,
+    layout: str = "default",
 ) -> JobResult:
     """Samples one video per row of `prompts` into `output_dir`; see the module docstring and rows.py.
 
@@ -270,14 +271,16 @@ def sample_videos(
     `style_checkpoint`: a T2I checkpoint blended into the base model's spatial layers with `style_alpha`.
     `text_encoder_params_fn(rng)` loads the frozen T5 (default: the random init the trainer draws for
     `train.seed = train_seed`, matching runs that train with a random text encoder). `batch_size` is global and
-    is rounded up to a multiple of the data-parallel mesh size.
+    is rounded up to a multiple of the data-parallel mesh size. `layout`: "default" (files named by row id) or
+    "vbench" (mp4s named as the VBench suite reads them, see outputs.py and vbench.py).
     """
     start = time.perf_counter()
     all_rows = rows_lib.read_rows(prompts)
+    row_layout = outputs.make_layout(layout, all_rows, prompts)
     shard = rows_lib.shard_rows(all_rows, shard_id, num_shards)
     for row in shard:
         check_row_fits(row, base_adapter)
-    todo = _rows_to_sample(shard, output_dir)
+    todo = _rows_to_sample(shard, output_dir, row_layout)
     logging.info("shard %d of %d: %d rows, %d already finished, %d to sample", shard_id, num_shards, len(shard),
                  len(shard) - len(todo), len(todo))
     ssr_adapter = ssr_adapter if use_ssr else None
@@ -301,9 +304,10 @@ def sample_videos(
             run_info = {"base_checkpoint": models.base_info, "ssr_checkpoint": models.ssr_info,
                         "style": models.style_info, "sampling": dataclasses.asdict(sampling),
                         "diffusion": {"schedule": diffusion.schedule, "schedule_kwargs": diffusion.schedule_kwargs},
-                        "job_seed": seed, "fps": fps, "ssr": ssr_adapter is not None}
+                        "job_seed": seed, "fps": fps, "ssr": ssr_adapter is not None, "layout": layout}
             if jax.process_index() == 0:
                 storage.write_text_atomic(storage.join(output_dir, "config.gin"), gin.config_str())
+                outputs.write_job_files(output_dir, row_layout)
             bar = progress.ProgressBar(len(todo), description=f"sampling shard {shard_id}/{num_shards}")
             groups: dict[applications.StaticSettings, list[rows_lib.Row]] = {}
             for row in todo:
@@ -312,7 +316,8 @@ def sample_videos(
                 for first in range(0, len(group), global_batch):
                     chunk = group[first:first + global_batch]
                     sidecars += _run_batch(models, chunk, global_batch, settings, vocabulary, seed,
-                                           output_dir, fps, write_gif, save_arrays, run_info, first_call=not sidecars)
+                                           output_dir, fps, write_gif, save_arrays, run_info, first_call=not sidecars,
+                                           layout=row_layout)
                     bar.update(len(chunk))
     seconds = time.perf_counter() - start
     result = JobResult(rows_in_shard=len(shard), skipped=len(shard) - len(todo), generated=len(todo),
@@ -328,17 +333,19 @@ def sample_videos(
     return result
 
 
-def _rows_to_sample(shard: list[rows_lib.Row], output_dir: str) -> list[rows_lib.Row]:
+def _rows_to_sample(shard: list[rows_lib.Row], output_dir: str, layout: outputs.Layout) -> list[rows_lib.Row]:
     """The shard's rows without finished outputs, as process 0 sees them: every host samples the same batches."""
-    names_in_output_dir = set(storage.listdir(output_dir))
-    unfinished = np.array([not outputs.is_finished(output_dir, row, names_in_output_dir) for row in shard], bool)
+    names_in_output_dir = outputs.listed_names(output_dir, layout)
+    unfinished = np.array([not outputs.is_finished(output_dir, row, names_in_output_dir, layout) for row in shard],
+                          bool)
     unfinished = multihost.from_first_host(unfinished)
     return [row for row, todo in zip(shard, unfinished) if todo]
 
 
 def _run_batch(models: _Models, chunk: list[rows_lib.Row], global_batch: int,
                settings: applications.StaticSettings, vocabulary, job_seed: int, output_dir: str, fps: float,
-               write_gif: bool, save_arrays: bool, run_info: dict, first_call: bool) -> list[dict]:
+               write_gif: bool, save_arrays: bool, run_info: dict, first_call: bool,
+               layout: outputs.Layout) -> list[dict]:
     """Samples one padded batch and writes its real rows; returns their sidecars."""
     batch_start = time.perf_counter()
     padded = chunk + [chunk[-1]] * (global_batch - len(chunk))
@@ -367,6 +374,6 @@ def _run_batch(models: _Models, chunk: list[rows_lib.Row], global_batch: int,
         }
         if jax.process_index() == 0:
             sidecar = outputs.write_row(output_dir, row, outputs.to_uint8(video), fps, sidecar, write_gif,
-                                        save_arrays)
+                                        save_arrays, layout=layout)
         sidecars.append(sidecar)
     return sidecars
