@@ -12,23 +12,16 @@ from collections.abc import Iterator, Mapping
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from lumiere_jax.parallel import mesh as mesh_lib
-
-BATCH_AXES: tuple[str, ...] = ("data", "fsdp")
-
-
-def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
-    """Leading dimension over the data-parallel axes, the rest replicated."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+from lumiere_jax.parallel import partitioning
 
 
 def make_global_batch(
     local_batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh,
 ) -> dict[str, jax.Array]:
     """Assembles each host-local array [b, ...] into a global jax.Array [b * process_count, ...]."""
-    sharding = batch_sharding(mesh)
+    sharding = partitioning.batch_sharding(mesh)  # one spec for every rank: it names the leading dimension only
     local_sizes = {local.shape[0] for local in local_batch.values()}
     if len(local_sizes) != 1:
         raise ValueError(f"batch features disagree on the batch size: {local_sizes}")

@@ -16,6 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from lumiere_jax.parallel import mesh as mesh_lib
 
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+BATCH_AXES: tuple[str, ...] = ("data", "fsdp")  # the data-parallel mesh axes a batch is split over
 
 def logical_specs(boxed_tree: Any) -> Any:
     """PartitionSpecs over logical names for a tree of (possibly abstract) boxed values; unboxed leaves replicate.
@@ -75,9 +76,12 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharding(mesh: jax.sharding.Mesh, ndim: int) -> NamedSharding:
-    """Splits the leading (batch) dimension over the data-parallel axes (data, fsdp); the rest replicate."""
-    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 1) -> NamedSharding:
+    """Splits the leading (batch) dimension over the data-parallel axes (data, fsdp); the rest replicate.
+
+    `ndim` only spells the replicated dimensions out in the spec; the default names the leading one alone.
+    """
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
 
 
 def batch_shardings(batch: Any, mesh: jax.sharding.Mesh) -> Any:
