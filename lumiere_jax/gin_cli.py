@@ -75,6 +75,20 @@ def parse_gin(args: argparse.Namespace) -> None:
         logging.root.setLevel(previous_level)
 
 
+def configure_run(args: argparse.Namespace) -> str:
+    """Parses gin files and bindings of a command on a run directory; checks MODEL_DIR; finalizes; returns it."""
+    parse_gin(args)
+    try:
+        model_dir = gin.query_parameter("%MODEL_DIR")
+    except ValueError:
+        model_dir = None
+    if not isinstance(model_dir, str) or not model_dir:
+        raise UsageError("MODEL_DIR is required: pass --gin.MODEL_DIR=/path/to/run (checkpoints, TensorBoard "
+                         "events and the operative config are written there)")
+    finalize()
+    return model_dir
+
+
 def finalize() -> None:
     """Locks the configuration; a required macro left unset becomes a UsageError naming the flag to pass."""
     try:

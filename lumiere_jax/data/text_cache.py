@@ -55,8 +55,8 @@ from lumiere_jax.data import preprocessors
 from lumiere_jax.data import tasks as tasks_lib
 from lumiere_jax.data import vocab as vocab_lib
 from lumiere_jax.models import t5
-from lumiere_jax.models import t5_weights
-from lumiere_jax.models.t5 import training_text_encoder_rng
+from lumiere_jax.stages import factory
+from lumiere_jax.stages import text as text_lib
 
 if __name__ == "__main__":
     # Run as `python -m`: hand over to the module imported under its own name, so that gin registers
@@ -133,13 +133,11 @@ def check_manifest(manifest: dict, expected: EncoderIdentity, directory: str) ->
 def load_text_encoder(
     text_encoder: str, t5_dir: str | None, t5_param_dtype: str, train_seed: int,
 ) -> tuple[t5.TextEncoder, t5.Params]:
-    """The encoder and parameters the trainer uses: Hugging Face weights from `t5_dir` (as
-    `train.stages.pretrained_text_encoder`), or the random init `train.loop.train` draws for `train_seed`."""
+    """The encoder and parameters the trainer uses (stages/text.py): Hugging Face weights from `t5_dir` (through
+    `pretrained_text_encoder`), or the random init `train.loop.train` draws for `train_seed`."""
     encoder = t5.TextEncoder(t5.get_config(text_encoder))
-    if t5_dir:
-        params = t5_weights.load_t5_encoder(t5_dir, param_dtype=t5_param_dtype)[1]
-    else:
-        params = jax.jit(encoder.init)(training_text_encoder_rng(train_seed))
+    params_fn = factory.pretrained_text_encoder(t5_dir, param_dtype=t5_param_dtype) if t5_dir else None
+    params = text_lib.frozen_text_encoder_params(encoder, params_fn, train_seed)
     return encoder, jax.device_put(params)  # on the device once, not on every encode call
 
 

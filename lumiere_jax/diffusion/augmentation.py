@@ -5,7 +5,7 @@ as a log-SNR (`noise_aug_logsnr` in the UNet call). Training draws the level at 
 
 The augmentation has its own schedule, `AUGMENTATION_SCHEDULE`: the plain cosine schedule, for the low-res
 frames it noises (as in Imagen's cascades), whatever schedule the SR model itself is trained with (the SR's
-is resolution-shifted, train/step.py). Training and sampling both use it, so a level `t` means the same
+is resolution-shifted, stages/diffusion_config.py). Training and sampling both use it, so a level `t` means the same
 noise in both.
 """
 

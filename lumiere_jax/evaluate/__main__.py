@@ -20,7 +20,6 @@ from collections.abc import Sequence
 
 from lumiere_jax import gin_cli
 from lumiere_jax.parallel import runtime
-from lumiere_jax.train import cli as train_cli
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -47,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lumiere_jax.evaluate import job  # noqa: PLC0415 -- registers the configurables the gin files bind
 
     try:
-        train_cli.configure_gin(args)
+        gin_cli.configure_run(args)
     except gin_cli.UsageError as error:
         print(f"lumiere-evaluate: error: {error}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ from clu import metric_writers
 from lumiere_jax import storage
 from lumiere_jax.evaluate import metrics as metrics_lib
 from lumiere_jax.parallel import multihost
-from lumiere_jax.train import checkpoints
+from lumiere_jax.stages import checkpoint_layout
 
 EVAL_SUBDIR = "eval"
 
@@ -36,7 +36,7 @@ Generator = Callable[[str, Sequence[str], Sequence[int], str], Sequence[np.ndarr
 
 def finished_checkpoint_steps(model_dir: str) -> list[int]:
     """Steps under MODEL_DIR/checkpoints whose Orbax state is complete (in-progress saves are skipped)."""
-    directory = storage.join(model_dir, checkpoints.CHECKPOINTS_SUBDIR)
+    directory = storage.join(model_dir, checkpoint_layout.CHECKPOINTS_SUBDIR)
     steps = []
     for name in storage.listdir(directory):
         state = storage.join(directory, name, "state")
@@ -139,12 +139,12 @@ def evaluate(
                 missing = sorted(set(steps) - set(available))
                 if missing and not watch:
                     raise FileNotFoundError(f"no finished checkpoint for steps {missing} in {model_dir}/"
-                                            f"{checkpoints.CHECKPOINTS_SUBDIR}; available: {available}")
+                                            f"{checkpoint_layout.CHECKPOINTS_SUBDIR}; available: {available}")
                 available = [step for step in available if step in set(steps)]
             # Process 0's view decides for all hosts (they generate the same batches together).
             todo = multihost.ints_from_first_host([step for step in available if step not in evaluated_steps(eval_dir)])
             for step in todo:
-                step_dir = storage.join(model_dir, checkpoints.CHECKPOINTS_SUBDIR, str(step))
+                step_dir = storage.join(model_dir, checkpoint_layout.CHECKPOINTS_SUBDIR, str(step))
                 logging.info("evaluating %s (%d videos, metrics %s)", step_dir, len(all_prompts),
                              [metric.name for metric in metrics])
                 work_dir = storage.join(eval_dir, "videos", f"{step:08d}")

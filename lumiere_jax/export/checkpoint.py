@@ -29,11 +29,11 @@ from jax.experimental import multihost_utils
 
 from lumiere_jax import storage
 from lumiere_jax.diffusion import schedules
+from lumiere_jax.models import param_paths
 from lumiere_jax.sample import applications
 from lumiere_jax.sample import weights
-from lumiere_jax.train import adapter as adapter_lib
-from lumiere_jax.train import checkpoints as checkpoints_lib
-from lumiere_jax.train import state as state_lib
+from lumiere_jax.stages import adapter as adapter_lib
+from lumiere_jax.stages import checkpoint_layout
 
 SAFETENSORS_FILE = "params.safetensors"
 FUNCTION_FILE = "sample_fn.jax_export"
@@ -111,7 +111,7 @@ def load_sampling_function(path: str):
 def host_params(params: Params) -> dict[str, np.ndarray]:
     """`{"/"-joined path: host array}` of a (possibly sharded, multi-host) parameter tree."""
     gathered = multihost_utils.process_allgather(params, tiled=True)
-    return {path: np.asarray(leaf) for path, leaf in state_lib.flatten(gathered).items()}
+    return {path: np.asarray(leaf) for path, leaf in param_paths.flatten(gathered).items()}
 
 
 def write_safetensors(path: str, flat_params: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
@@ -160,7 +160,7 @@ def export(
         "parameterization": adapter.parameterization, "sample_shape": list(adapter.sample_shape),
         "low_res_size": adapter.low_res_size, "text_length": adapter.text_length,
         "text_encoder": dict(vars(adapter.text_encoder.config)),
-        "signature": checkpoints_lib.model_signature(params), "files": {"params": weights.PARAMS_ITEM},
+        "signature": checkpoint_layout.model_signature(params), "files": {"params": weights.PARAMS_ITEM},
     }
     if jax.process_index() == 0:
         run_config = storage.join(storage.parent(storage.parent(info["source"])), "operative_config.gin")

@@ -18,9 +18,9 @@ from lumiere_jax.export import checkpoint as export_lib
 from lumiere_jax.parallel import mesh as mesh_lib
 from lumiere_jax.sample import applications
 from lumiere_jax.sample import cli as sample_cli
-from lumiere_jax.sample import job
-from lumiere_jax.train import adapter as adapter_lib
-from lumiere_jax.train import step as step_lib
+from lumiere_jax.stages import adapter as adapter_lib
+from lumiere_jax.stages import text as text_lib
+from lumiere_jax.stages.diffusion_config import DiffusionConfig
 
 
 @gin.configurable
@@ -33,7 +33,7 @@ def export_checkpoint(
     export_function: bool = True,
     function_batch_size: int | None = None,
     sampling: applications.SamplingConfig = applications.SamplingConfig(),
-    diffusion: step_lib.DiffusionConfig = step_lib.DiffusionConfig(),
+    diffusion: DiffusionConfig = DiffusionConfig(),
     text_encoder_params_fn: Callable[[jax.Array], Any] | None = None,
     train_seed: int = 0,
     mesh_shape: Sequence[int] = (-1, 1, 1),
@@ -48,7 +48,8 @@ def export_checkpoint(
     mesh = mesh_lib.make_mesh(mesh_shape)
     rules = tuple(logical_axis_rules)
     with mesh_lib.mesh_context(mesh, rules):
-        text_encoder_params = job.load_text_encoder_params(adapter, text_encoder_params_fn, train_seed, mesh, rules)
+        text_encoder_params, _ = text_lib.load_text_encoder_params(
+            adapter.text_encoder, text_encoder_params_fn, train_seed, mesh, rules)
     # Traced outside the mesh: the serialized function carries no sharding constraints and runs on any device.
     return export_lib.export(checkpoint, output_dir, adapter, mesh, rules, text_encoder_params, diffusion.schedule_fn,
                              sampling, use_ema, write_safetensors, export_function, function_batch_size,

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from flax import traverse_util
 
-TEMPORAL_MARKER = "temporal"  # Every STUNet-only submodule name contains it (models/unet.py).
+from lumiere_jax.models.param_paths import is_temporal
 
 Path = tuple[str, ...]
 
@@ -35,11 +35,6 @@ def _flatten(tree) -> dict[Path, Any]:
 
 def _name(path: Path) -> str:
     return "/".join(path)
-
-
-def is_temporal(path: Path) -> bool:
-    """Whether a parameter path belongs to a temporal (STUNet-only) module."""
-    return any(TEMPORAL_MARKER in part for part in path)
 
 
 def inflate_t2i_params(t2i_params, stunet_init_params):

@@ -12,7 +12,7 @@ import jax
 from flax import traverse_util
 
 from lumiere_jax.models import config as model_config
-from lumiere_jax.models.inflate import is_temporal
+from lumiere_jax.models.param_paths import is_temporal
 from lumiere_jax.models.unet import init_variables
 
 KINDS = {

@@ -57,12 +57,6 @@ PRESETS: dict[str, T5EncoderConfig] = {
 }
 
 
-def training_text_encoder_rng(train_seed: int) -> jax.Array:
-    """The key `train.loop.train` draws a random (untrained) text encoder with: the second of its 5 splits of
-    `train.seed`. Sampling and the text-embedding cache rebuild the same encoder from it."""
-    return jax.random.split(jax.random.key(train_seed), 5)[1]
-
-
 def get_config(name: str, **overrides) -> T5EncoderConfig:
     """Returns a preset (`tiny`, `byt5_small`, `t5_v1_1_xxl`) with optional field overrides (e.g. dtype)."""
     if name not in PRESETS:

@@ -24,7 +24,8 @@ from lumiere_jax.diffusion import losses
 from lumiere_jax.diffusion import multidiffusion
 from lumiere_jax.diffusion import samplers
 from lumiere_jax.diffusion import schedules
-from lumiere_jax.train import adapter as adapter_lib
+from lumiere_jax.stages import adapter as adapter_lib
+from lumiere_jax.stages import text as text_lib
 
 Params = Any
 BASE_STREAM, SSR_STREAM = 0, 1  # fold_in constants separating the base and SSR randomness of a row
@@ -137,13 +138,6 @@ def per_row_weight(weight: jax.Array, ndim: int) -> jax.Array:
     return weight.astype(jnp.float32).reshape((-1,) + (1,) * (ndim - 1))
 
 
-def encode_text(adapter: adapter_lib.ModelAdapter, text_encoder_params: Params, tokens: jax.Array,
-                text_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Frozen T5 embeddings `[B, L, D]` (zero at padding) and the mask `[B, L]` as bool."""
-    text_mask = text_mask.astype(bool)
-    return adapter.text_encoder.encode(text_encoder_params, tokens, text_mask), text_mask
-
-
 @dataclasses.dataclass(frozen=True)
 class TextGuidance:
     """Per-row text conditions and guidance controls of one stage; rows may be MultiDiffusion windows.
@@ -179,13 +173,14 @@ def text_guidance(stage: Stage, batch: dict[str, jax.Array], prefix: str, weight
                   logsnr_interval: jax.Array) -> TextGuidance:
     """Encodes `batch[prefix + "tokens"]` and, when given, the negative prompts `prefix + "negative_tokens"`
     (rows without one have an all-False `negative_text_mask`, which encodes to the null text)."""
-    embeddings, mask = encode_text(stage.adapter, stage.text_encoder_params, batch[prefix + "tokens"],
-                                   batch[prefix + "text_mask"])
+    embeddings, mask = text_lib.encode_text(stage.adapter, stage.text_encoder_params, batch[prefix + "tokens"],
+                                            batch[prefix + "text_mask"])
     if prefix + "negative_tokens" in batch:
-        negative, negative_mask = encode_text(stage.adapter, stage.text_encoder_params,
-                                              batch[prefix + "negative_tokens"], batch[prefix + "negative_text_mask"])
+        negative, negative_mask = text_lib.encode_text(stage.adapter, stage.text_encoder_params,
+                                                       batch[prefix + "negative_tokens"],
+                                                       batch[prefix + "negative_text_mask"])
     else:
-        negative, negative_mask = jnp.zeros_like(embeddings), jnp.zeros_like(mask)
+        negative, negative_mask = text_lib.null_text(embeddings, mask)
     return TextGuidance(embeddings, mask, negative, negative_mask, weight, rescale, logsnr_interval)
 
 

@@ -26,20 +26,20 @@ from jax.experimental import multihost_utils
 
 from lumiere_jax import storage
 from lumiere_jax.data import vocab
-from lumiere_jax.models.t5 import training_text_encoder_rng
 from lumiere_jax.parallel import mesh as mesh_lib
 from lumiere_jax.parallel import multihost
 from lumiere_jax.parallel import partitioning
 from lumiere_jax.sample import applications
-from lumiere_jax.sample import caching
 from lumiere_jax.sample import conditions
 from lumiere_jax.sample import outputs
 from lumiere_jax.sample import progress
 from lumiere_jax.sample import rows as rows_lib
 from lumiere_jax.sample import style
 from lumiere_jax.sample import weights
-from lumiere_jax.train import adapter as adapter_lib
-from lumiere_jax.train import step as step_lib
+from lumiere_jax.stages import adapter as adapter_lib
+from lumiere_jax.stages import caching
+from lumiere_jax.stages import text as text_lib
+from lumiere_jax.stages.diffusion_config import DiffusionConfig
 
 CONDITIONED_MODES = ("i2v", "inpaint", "cinemagraph", "extend")
 
@@ -53,18 +53,6 @@ class JobResult:
     generated: int
     seconds: float
     sidecars: list[dict]
-
-
-def load_text_encoder_params(adapter: adapter_lib.ModelAdapter, text_encoder_params_fn: Callable | None,
-                             train_seed: int, mesh: jax.sharding.Mesh, rules) -> Any:
-    """The frozen T5 weights on the mesh: `text_encoder_params_fn(rng)` or, when None, the random init the
-    trainer draws for `train.seed = train_seed` (runs with a random tiny text encoder)."""
-    load = text_encoder_params_fn or _jitted_text_encoder_init(adapter.text_encoder.config,
-                                                                caching.Unhashed(adapter))
-    params = load(training_text_encoder_rng(train_seed))
-    shardings = partitioning.shardings_from_logical(adapter.text_encoder.logical_partition_specs(), mesh, rules,
-                                                    params)
-    return jax.device_put(params, shardings)
 
 
 def row_key_data(row: rows_lib.Row, job_seed: int) -> np.ndarray:
@@ -177,15 +165,16 @@ class _Models:
             style_params, info = weights.load_params(style_checkpoint, None, use_ema)
             self.base_params = style.interpolate_spatial(self.base_params, style_params, style_alpha)
             self.style_info = {**info, "alpha": style_alpha}
-        self.base_text_params = load_text_encoder_params(base_adapter, text_encoder_params_fn, train_seed, mesh, rules)
+        self.base_text_params = text_lib.load_text_encoder_params(
+            base_adapter.text_encoder, text_encoder_params_fn, train_seed, mesh, rules)[0]
         self.ssr_params = self.ssr_text_params = self.ssr_info = None
         if ssr_adapter is not None:
             self.ssr_params, self.ssr_info = weights.load_params(
                 ssr_checkpoint, weights.abstract_params(ssr_adapter, mesh, rules), use_ema)
             same_encoder = ssr_adapter.text_encoder.config == base_adapter.text_encoder.config
             self.ssr_text_params = (self.base_text_params if same_encoder
-                                    else load_text_encoder_params(ssr_adapter, text_encoder_params_fn, train_seed,
-                                                                  mesh, rules))
+                                    else text_lib.load_text_encoder_params(
+                                        ssr_adapter.text_encoder, text_encoder_params_fn, train_seed, mesh, rules)[0])
         self.diffusion, self.ssr_diffusion = diffusion, ssr_diffusion
 
     def generate(self, batch: dict[str, jax.Array], settings: applications.StaticSettings) -> jax.Array:
@@ -194,13 +183,6 @@ class _Models:
                                partitioning.batch_sharding(self.mesh, 5),
                                caching.Unhashed((self.base_adapter, self.ssr_adapter)))
         return function(self.base_params, self.base_text_params, self.ssr_params, self.ssr_text_params, batch)
-
-
-@functools.lru_cache(maxsize=4)
-def _jitted_text_encoder_init(config, adapter):
-    """The text encoder's random init, compiled once per encoder config in a process."""
-    del config  # the cache key
-    return jax.jit(adapter.value.text_encoder.init)
 
 
 @functools.lru_cache(maxsize=16)
@@ -244,8 +226,8 @@ def sample_videos(
     ssr_checkpoint: str | None = None,
     use_ssr: bool = True,
     sampling: applications.SamplingConfig = applications.SamplingConfig(),
-    diffusion: step_lib.DiffusionConfig = step_lib.DiffusionConfig(),
-    ssr_diffusion: step_lib.DiffusionConfig = step_lib.DiffusionConfig(),
+    diffusion: DiffusionConfig = DiffusionConfig(),
+    ssr_diffusion: DiffusionConfig = DiffusionConfig(),
     batch_size: int = 8,
     seed: int = 0,
     fps: float = 16.0,

@@ -18,14 +18,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lumiere_jax.train import state as state_lib
+from lumiere_jax.models import param_paths
+from lumiere_jax.models.param_paths import is_temporal
 
 Params = Any
-
-
-def is_temporal(path: str) -> bool:
-    """Temporal parameters are exactly those whose path names a temporal module (models/unet.py)."""
-    return "temporal" in path
 
 
 def interpolate_spatial(params: Params, style_params: Params, alpha: float) -> Params:
@@ -36,7 +32,7 @@ def interpolate_spatial(params: Params, style_params: Params, alpha: float) -> P
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"style alpha={alpha} must lie in [0, 1] (the paper uses 0.5 to 1)")
-    flat, style = state_lib.flatten(params), state_lib.flatten(style_params)
+    flat, style = param_paths.flatten(params), param_paths.flatten(style_params)
     spatial = [path for path in flat if not is_temporal(path)]
     missing = [path for path in spatial if path not in style]
     mismatched = [f"{path}: {tuple(style[path].shape)} != {tuple(flat[path].shape)}" for path in spatial
@@ -62,7 +58,7 @@ def interpolate_spatial(params: Params, style_params: Params, alpha: float) -> P
                 channels = style_weight.shape[-2]
                 out[path] = jnp.concatenate(
                     [blend(style_weight, weight[..., :channels, :]), jnp.asarray(weight[..., channels:, :])], axis=-2)
-    return state_lib.unflatten(out)
+    return param_paths.unflatten(out)
 
 
 def _extra_input_channels(path: str, style_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:

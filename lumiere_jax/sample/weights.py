@@ -22,12 +22,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lumiere_jax import storage
+from lumiere_jax.models import param_paths
 from lumiere_jax.parallel import mesh as mesh_lib
 from lumiere_jax.parallel import partitioning
-from lumiere_jax.sample import caching
-from lumiere_jax.train import adapter as adapter_lib
-from lumiere_jax.train import checkpoints as checkpoints_lib
-from lumiere_jax.train import state as state_lib
+from lumiere_jax.stages import adapter as adapter_lib
+from lumiere_jax.stages import caching
+from lumiere_jax.stages import checkpoint_layout
 
 INFERENCE_MANIFEST = "inference_checkpoint.json"
 INFERENCE_FORMAT = "lumiere_jax.inference_checkpoint/1"
@@ -63,13 +63,13 @@ def _abstract_params(key, mesh: jax.sharding.Mesh, rules: tuple, adapter: cachin
 def _training_sources(step_dir: str, use_ema: bool) -> tuple[dict[str, tuple[str, ...]], dict[str, Any], str]:
     """`{param path: key path in the saved state}`, `{param path: stored metadata}` and which weights."""
     tree = ocp.PyTreeCheckpointer().metadata(storage.join(step_dir, "state")).item_metadata.tree
-    has_ema = bool(state_lib.flatten(tree.get("ema_params") or {}))
+    has_ema = bool(param_paths.flatten(tree.get("ema_params") or {}))
     groups = ["frozen_params", "ema_params" if use_ema and has_ema else "trainable_params"]
     if use_ema and not has_ema:
         logging.warning("%s has no EMA parameters (trained with ema_decay=0); using the raw trainable ones", step_dir)
     keys, leaves = {}, {}
     for group in groups:
-        for path, leaf in state_lib.flatten(tree.get(group) or {}).items():
+        for path, leaf in param_paths.flatten(tree.get(group) or {}).items():
             keys[path] = ("state", group, *path.split("/"))
             leaves[path] = leaf
     return keys, leaves, "ema" if groups[1] == "ema_params" else "raw"
@@ -77,7 +77,7 @@ def _training_sources(step_dir: str, use_ema: bool) -> tuple[dict[str, tuple[str
 
 def _inference_sources(path: str) -> tuple[dict[str, tuple[str, ...]], dict[str, Any]]:
     tree = ocp.PyTreeCheckpointer().metadata(storage.join(path, PARAMS_ITEM)).item_metadata.tree
-    flat = state_lib.flatten(tree)
+    flat = param_paths.flatten(tree)
     return {name: (PARAMS_ITEM, *name.split("/")) for name in flat}, flat
 
 
@@ -87,7 +87,7 @@ def describe(path: str, use_ema: bool = True) -> dict:
         manifest = storage.read_json(storage.join(path, INFERENCE_MANIFEST))
         return {"kind": "inference", "source": storage.normalize(path), "step": manifest.get("step"),
                 "weights": manifest.get("weights")}
-    step_dir = checkpoints_lib.resolve_step_directory(path)
+    step_dir = checkpoint_layout.resolve_step_directory(path)
     _, _, weights = _training_sources(step_dir, use_ema)
     return {"kind": "training", "source": step_dir, "step": int(os.path.basename(step_dir)), "weights": weights}
 
@@ -109,9 +109,9 @@ def load_params(path: str, abstract: Params | None = None, use_ema: bool = True)
     if abstract is None:
         targets = {name: jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype) for name, leaf in leaves.items()}
     else:
-        targets = state_lib.flatten(abstract)
+        targets = param_paths.flatten(abstract)
         found = {name: list(leaf.shape) for name, leaf in leaves.items()}
-        problems = checkpoints_lib.signature_mismatch({name: list(t.shape) for name, t in targets.items()}, found)
+        problems = checkpoint_layout.signature_mismatch({name: list(t.shape) for name, t in targets.items()}, found)
         problems = [problem for problem in problems if not problem.startswith("unexpected")]
         if problems:
             raise ValueError(f"checkpoint {root} does not fit the configured model ({len(problems)} problems, e.g. "
@@ -123,10 +123,10 @@ def load_params(path: str, abstract: Params | None = None, use_ema: bool = True)
             args = ocp.RestoreArgs(restore_type=np.ndarray)
         else:
             args = ocp.ArrayRestoreArgs(sharding=target.sharding, dtype=target.dtype)
-        state_lib.set_path(item, key_path[1:], target)
-        state_lib.set_path(restore_args, key_path[1:], args)
+        param_paths.set_path(item, key_path[1:], target)
+        param_paths.set_path(restore_args, key_path[1:], args)
     item_dir = storage.join(root, keys[next(iter(targets))][0])
     restored = ocp.PyTreeCheckpointer().restore(item_dir, args=ocp.args.PyTreeRestore(
         item=item, restore_args=restore_args, partial_restore=True))
-    flat = {name: state_lib.get_path(restored, keys[name][1:]) for name in targets}
-    return state_lib.unflatten(flat), info
+    flat = {name: param_paths.get_path(restored, keys[name][1:]) for name in targets}
+    return param_paths.unflatten(flat), info

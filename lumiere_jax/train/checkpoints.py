@@ -26,11 +26,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lumiere_jax import faults, storage
+from lumiere_jax.models import param_paths
 from lumiere_jax.parallel import multihost
+from lumiere_jax.stages import checkpoint_layout
 from lumiere_jax.train import data_snapshot_item
 from lumiere_jax.train import state as state_lib
 
-CHECKPOINTS_SUBDIR = "checkpoints"
 DATA_SNAPSHOTS_SUBDIR = "data_snapshots"  # the input snapshots' place before they became the steps' `data` item
 SET_ASIDE_SUBDIR = "set_aside"  # unusable steps, moved out of checkpoints/ for inspection
 
@@ -72,20 +73,6 @@ class CheckpointConfig:
             raise ValueError(f"save_every_steps={self.save_every_steps} and keep_last={self.keep_last} must be >= 1")
 
 
-def model_signature(params: Any) -> dict[str, list[int]]:
-    """`{param path: shape}` of a (possibly abstract) parameter tree: what must match to resume."""
-    return {path: list(leaf.shape) for path, leaf in sorted(state_lib.flatten(params).items())}
-
-
-def signature_mismatch(expected: dict[str, list[int]], found: dict[str, list[int]]) -> list[str]:
-    """Human-readable differences between two signatures (empty when they match)."""
-    problems = [f"missing {path}" for path in sorted(set(expected) - set(found))]
-    problems += [f"unexpected {path}" for path in sorted(set(found) - set(expected))]
-    problems += [f"{path}: shape {found[path]} != {expected[path]}"
-                 for path in sorted(set(expected) & set(found)) if found[path] != expected[path]]
-    return problems
-
-
 class Checkpointer:
     """Saves and restores `TrainState` + metadata (+ the input snapshot) under `MODEL_DIR/checkpoints`.
 
@@ -98,7 +85,7 @@ class Checkpointer:
         self.model_name = model_name
         self.signature = signature
         model_dir = storage.normalize(model_dir)
-        self.directory = storage.join(model_dir, CHECKPOINTS_SUBDIR)
+        self.directory = storage.join(model_dir, checkpoint_layout.CHECKPOINTS_SUBDIR)
         self.legacy_data_directory = storage.join(model_dir, DATA_SNAPSHOTS_SUBDIR)
         self.set_aside_directory = storage.join(model_dir, SET_ASIDE_SUBDIR)
         policies = [ocp.checkpoint_managers.LatestN(n=config.keep_last)]
@@ -214,7 +201,7 @@ class Checkpointer:
             self._set_aside(step, "never committed (no commit marker)")
 
     def _check_same_model(self, step: int, meta: dict) -> None:
-        problems = signature_mismatch(self.signature, meta.get("signature", {}))
+        problems = checkpoint_layout.signature_mismatch(self.signature, meta.get("signature", {}))
         if meta.get("model_name") != self.model_name or problems:
             raise ValueError(
                 f"checkpoint at step {step} in {self.directory} was written by a different model "
@@ -231,32 +218,15 @@ def _save_snapshot_or_warn(save_data_snapshot: Callable[[str], Any], step: int, 
                         "will skip batches instead", step, type(error).__name__, str(error)[:300])
 
 
-def resolve_step_directory(path: str) -> str:
-    """A step directory (holding `state/`) from a run directory, a checkpoints directory or a step directory."""
-    path = storage.normalize(path)
-    if storage.isdir(storage.join(path, "state")):
-        return path
-    if storage.isdir(storage.join(path, CHECKPOINTS_SUBDIR)):
-        path = storage.join(path, CHECKPOINTS_SUBDIR)
-    steps = sorted((int(name) for name in storage.listdir(path) if name.isdigit()), reverse=True)
-    for step in steps:
-        candidate = storage.join(path, str(step))
-        if storage.exists(storage.join(candidate, "state", "commit_success.txt")) or storage.exists(
-                storage.join(candidate, "state", "_METADATA")):
-            return candidate
-    raise FileNotFoundError(f"no checkpoint found at {path!r} to initialise from; give a run directory, its "
-                            "checkpoints/ directory or one step directory (CheckpointConfig.init_from)")
-
-
 def _source_paths(step_dir: str, use_ema: bool) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[int, ...]]]:
     """`{model param path: key path inside the saved state}` and `{model param path: shape}` of a checkpoint."""
     tree = ocp.PyTreeCheckpointer().metadata(storage.join(step_dir, "state")).item_metadata.tree
     paths = {}
     for group in ("frozen_params", "trainable_params"):
-        for path in state_lib.flatten(tree.get(group) or {}):
+        for path in param_paths.flatten(tree.get(group) or {}):
             paths[path] = (group, *path.split("/"))
     if use_ema:
-        for path in state_lib.flatten(tree.get("ema_params") or {}):
+        for path in param_paths.flatten(tree.get("ema_params") or {}):
             paths[path] = ("ema_params", *path.split("/"))
     return paths, {path: tuple(leaf.shape) for path, leaf in _leaves_by_path(tree, paths).items()}
 
@@ -290,7 +260,7 @@ def load_init_params(
     `abstract_params`: `{target path: ShapeDtypeStruct with sharding}`. Returns `{target path: array}` for the
     paths that load; the others keep their fresh initialisation. Frozen targets must all load.
     """
-    step_dir = resolve_step_directory(config.init_from)
+    step_dir = checkpoint_layout.resolve_step_directory(config.init_from)
     source_keys, source_shapes = _source_paths(step_dir, config.init_use_ema)
     plan, problems = {}, []
     for target_path, target in sorted(abstract_params.items()):
@@ -315,13 +285,13 @@ def load_init_params(
         shape = source_shapes[source_path]
         sharding = target.sharding if shape == tuple(target.shape) else jax.sharding.NamedSharding(
             target.sharding.mesh, jax.sharding.PartitionSpec())
-        state_lib.set_path(item, source_keys[source_path], jax.ShapeDtypeStruct(shape, target.dtype, sharding=sharding))
-        state_lib.set_path(restore_args, source_keys[source_path], ocp.ArrayRestoreArgs(sharding=sharding, dtype=target.dtype))
+        param_paths.set_path(item, source_keys[source_path], jax.ShapeDtypeStruct(shape, target.dtype, sharding=sharding))
+        param_paths.set_path(restore_args, source_keys[source_path], ocp.ArrayRestoreArgs(sharding=sharding, dtype=target.dtype))
     restored = ocp.PyTreeCheckpointer().restore(storage.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
         item=item, restore_args=restore_args, partial_restore=True))
     loaded = {}
     for target_path, source_path in plan.items():
-        value = state_lib.get_path(restored, source_keys[source_path])
+        value = param_paths.get_path(restored, source_keys[source_path])
         target = abstract_params[target_path]
         if value.shape != tuple(target.shape):
             value = _zero_pad_input_channels(value, target)

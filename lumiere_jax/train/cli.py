@@ -29,20 +29,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return gin_cli.parse_args(parser, argv, "runs/pretrain_t2i.gin")
 
 
-def configure_gin(args: argparse.Namespace) -> str:
-    """Parses gin files and bindings; checks MODEL_DIR; returns its value."""
-    gin_cli.parse_gin(args)
-    try:
-        model_dir = gin.query_parameter("%MODEL_DIR")
-    except ValueError:
-        model_dir = None
-    if not isinstance(model_dir, str) or not model_dir:
-        raise UsageError("MODEL_DIR is required: pass --gin.MODEL_DIR=/path/to/run (checkpoints, TensorBoard "
-                         "events and the operative config are written there)")
-    gin_cli.finalize()
-    return model_dir
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status (0 also after a preemption save)."""
     if not logging.root.handlers:
@@ -54,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lumiere_jax.train import loop  # noqa: PLC0415
 
     try:
-        model_dir = configure_gin(args)
+        model_dir = gin_cli.configure_run(args)
     except UsageError as error:
         print(f"lumiere-train: error: {error}", file=sys.stderr)
         return 2

@@ -17,11 +17,14 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from lumiere_jax import faults, storage
-from lumiere_jax.models import t5
+from lumiere_jax.models import param_paths
 from lumiere_jax.parallel import global_arrays
 from lumiere_jax.parallel import mesh as mesh_lib
 from lumiere_jax.parallel import partitioning
-from lumiere_jax.train import adapter as adapter_lib
+from lumiere_jax.stages import adapter as adapter_lib
+from lumiere_jax.stages import checkpoint_layout
+from lumiere_jax.stages import text as text_lib
+from lumiere_jax.stages.diffusion_config import DiffusionConfig
 from lumiere_jax.train import checkpoints as checkpoints_lib
 from lumiere_jax.train import metrics as metrics_lib
 from lumiere_jax.train import optimizer as optimizer_lib
@@ -74,7 +77,7 @@ def train(
     global_batch_size: int = gin.REQUIRED,
     optimizer: optimizer_lib.OptimizerConfig = optimizer_lib.OptimizerConfig(),
     checkpoint: checkpoints_lib.CheckpointConfig = checkpoints_lib.CheckpointConfig(),
-    diffusion: step_lib.DiffusionConfig = step_lib.DiffusionConfig(),
+    diffusion: DiffusionConfig = DiffusionConfig(),
     mesh_shape: Sequence[int] = (-1, 1, 1),
     dcn_mesh_shape: Sequence[int] | None = None,
     num_devices: int | None = None,
@@ -109,8 +112,8 @@ def train(
                          "processes")
     rules = tuple(logical_axis_rules)
     logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size, jax.process_count())
+    # The second key is the text encoder's (stages/text.py rebuilds it for sampling, export and the text cache).
     init_rng, _, step_rng, eval_rng, sample_rng = jax.random.split(jax.random.key(seed), 5)
-    text_rng = t5.training_text_encoder_rng(seed)  # sampling and the text cache rebuild the encoder from it
     learning_rate = optimizer_lib.learning_rate_schedule(optimizer, num_train_steps)
     tx = optimizer_lib.make_optimizer(optimizer, learning_rate)
     use_ema = optimizer.ema_decay > 0
@@ -141,7 +144,7 @@ def train(
         first_batch = next(train_iterator)
         batch_shardings = jax.tree.map(lambda leaf: leaf.sharding, first_batch)
         text_encoder_params, text_encoder_shardings = _load_text_encoder(
-            adapter, text_encoder_params_fn, text_rng, mesh, rules, cached="text_embeddings" in first_batch)
+            adapter, text_encoder_params_fn, seed, mesh, rules, cached="text_embeddings" in first_batch)
         replicated = partitioning.replicated(mesh)
         train_step = jax.jit(
             step_lib.bind_train_step(adapter, diffusion, tx, learning_rate, optimizer.ema_decay if use_ema else 0.0),
@@ -202,14 +205,12 @@ def train(
     return TrainResult(state=state, history=history, preempted=preempted)
 
 
-def _load_text_encoder(adapter, text_encoder_params_fn, rng, mesh, rules, cached: bool):
+def _load_text_encoder(adapter, text_encoder_params_fn, seed, mesh, rules, cached: bool):
     """The frozen T5 on the mesh and its shardings; nothing when batches carry cached text embeddings."""
     if cached:
         logging.info("batches carry cached text embeddings: the text encoder is not loaded")
         return {}, {}
-    params = (text_encoder_params_fn or jax.jit(adapter.text_encoder.init))(rng)
-    shardings = partitioning.shardings_from_logical(adapter.text_encoder.logical_partition_specs(), mesh, rules, params)
-    return jax.device_put(params, shardings), shardings
+    return text_lib.load_text_encoder_params(adapter.text_encoder, text_encoder_params_fn, seed, mesh, rules)
 
 
 def _count(params: Any) -> int:
@@ -238,7 +239,7 @@ def _build_state(adapter, checkpoint, mesh, rules, tx, use_ema, init_rng, model_
     logging.info("%d trainable and %d frozen parameters", _count(abstract_trainable), _count(abstract_frozen))
 
     checkpointer = checkpoints_lib.Checkpointer(
-        model_dir, checkpoint, adapter.name, checkpoints_lib.model_signature(abstract_params))
+        model_dir, checkpoint, adapter.name, checkpoint_layout.model_signature(abstract_params))
     restored = checkpointer.restore_latest(abstract_state)
     if restored is not None:
         state, meta = restored
@@ -255,8 +256,8 @@ def _initial_state(init_params, checkpoint, init_rng, tx, use_ema, mask, param_s
     if checkpoint.init_from:
         _, frozen_abstract = state_lib.split_params(abstract_params, mask)
         loaded = checkpoints_lib.load_init_params(
-            checkpoint, state_lib.flatten(abstract_params), set(state_lib.flatten(frozen_abstract)))
-        params = state_lib.unflatten({**state_lib.flatten(params), **loaded})
+            checkpoint, param_paths.flatten(abstract_params), set(param_paths.flatten(frozen_abstract)))
+        params = param_paths.unflatten({**param_paths.flatten(params), **loaded})
     trainable, frozen = state_lib.split_params(params, mask)
     create = jax.jit(lambda t, f: state_lib.create_train_state(t, f, tx, use_ema), out_shardings=state_shardings)
     return create(trainable, frozen)

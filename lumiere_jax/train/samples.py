@@ -14,8 +14,9 @@ from lumiere_jax.data import video_io
 from lumiere_jax.diffusion import augmentation
 from lumiere_jax.diffusion import guidance
 from lumiere_jax.diffusion import samplers
-from lumiere_jax.train import adapter as adapter_lib
-from lumiere_jax.train import step as step_lib
+from lumiere_jax.stages import adapter as adapter_lib
+from lumiere_jax.stages import text as text_lib
+from lumiere_jax.stages.diffusion_config import DiffusionConfig
 
 
 def generate(
@@ -25,7 +26,7 @@ def generate(
     rng: jax.Array,
     *,
     adapter: adapter_lib.ModelAdapter,
-    config: step_lib.DiffusionConfig,
+    config: DiffusionConfig,
     num_steps: int,
     guidance_weight: float,
 ) -> jax.Array:
@@ -35,7 +36,7 @@ def generate(
     """
     schedule = config.schedule_fn
     input_rng, aug_rng, noise_rng, sample_rng = jax.random.split(rng, 4)
-    text_embeddings, text_mask = step_lib.encode_text(adapter, text_encoder_params, batch)
+    text_embeddings, text_mask = text_lib.encode_batch_text(adapter, text_encoder_params, batch)
     inputs = adapter.inputs_from_batch(batch, input_rng)
     noise_aug_logsnr = None
     if inputs.low_res is not None:
@@ -43,7 +44,8 @@ def generate(
         inputs = dataclasses.replace(inputs, low_res=low_res)
     cond = {"text_embeddings": text_embeddings, "text_mask": text_mask, "inputs": inputs,
             "noise_aug_logsnr": noise_aug_logsnr}
-    null_cond = {**cond, "text_embeddings": jnp.zeros_like(text_embeddings), "text_mask": jnp.zeros_like(text_mask)}
+    null_embeddings, null_mask = text_lib.null_text(text_embeddings, text_mask)
+    null_cond = {**cond, "text_embeddings": null_embeddings, "text_mask": null_mask}
 
     def model_fn(z, logsnr, c):
         return adapter.apply(params, z, logsnr, c["inputs"], c["text_embeddings"], c["text_mask"],

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
+from lumiere_jax.models.param_paths import flatten, unflatten
+
 Params = Any
-_SEP = "/"
 
 
 @flax.struct.dataclass
@@ -38,29 +38,6 @@ class TrainState:
     def ema_model_params(self) -> Params:
         """Full model parameters with the EMA in place of the trainable ones (for sampling)."""
         return merge_params(self.ema_params, self.frozen_params)
-
-
-def flatten(tree: Params) -> dict[str, Any]:
-    """Nested dict -> {'a/b/kernel': leaf}."""
-    return flax.traverse_util.flatten_dict(tree, sep=_SEP) if tree else {}
-
-
-def unflatten(flat: dict[str, Any]) -> Params:
-    return flax.traverse_util.unflatten_dict(flat, sep=_SEP) if flat else {}
-
-
-def set_path(tree: dict, key_path: tuple[str, ...], value: Any) -> None:
-    """Sets `tree[k0][k1]...[kn] = value`, creating the nested dicts on the way."""
-    for key in key_path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[key_path[-1]] = value
-
-
-def get_path(tree: dict, key_path: tuple[str, ...]) -> Any:
-    """Returns `tree[k0][k1]...[kn]`."""
-    for key in key_path:
-        tree = tree[key]
-    return tree
 
 
 def split_params(params: Params, mask: Any | None) -> tuple[Params, Params]:

@@ -13,59 +13,17 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import gin
 import jax
 import jax.numpy as jnp
 import optax
 
 from lumiere_jax.diffusion import augmentation
 from lumiere_jax.diffusion import losses
-from lumiere_jax.diffusion import schedules
-from lumiere_jax.train import adapter as adapter_lib
+from lumiere_jax.stages import adapter as adapter_lib
+from lumiere_jax.stages import text as text_lib
+from lumiere_jax.stages.diffusion_config import REMAT_POLICIES, DiffusionConfig
 from lumiere_jax.train import optimizer as optimizer_lib
 from lumiere_jax.train import state as state_lib
-
-REMAT_POLICIES: dict[str, Callable | None] = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
-
-@gin.configurable
-@dataclasses.dataclass(frozen=True)
-class DiffusionConfig:
-    """Diffusion-training choices of the step.
-
-    Attributes:
-      schedule: name for `diffusion.schedules.get_schedule`, with `schedule_kwargs`.
-      text_dropout_rate: probability of replacing an example's text by the null text (classifier-free guidance).
-      noise_aug_max_t: SSR noise augmentation level drawn from U[0, noise_aug_max_t] (Imagen-style), as a time
-        of the augmentation's own schedule (`diffusion.augmentation.AUGMENTATION_SCHEDULE`, plain cosine).
-      remat_policy: rematerialisation of the whole model call in the backward pass: "none", "full",
-        "dots_saveable", "dots_with_no_batch_dims_saveable". Per-block remat is `UNetConfig.remat`.
-    """
-
-    schedule: str = "cosine"
-    schedule_kwargs: dict = dataclasses.field(default_factory=dict)
-    text_dropout_rate: float = 0.1
-    noise_aug_max_t: float = 0.5
-    remat_policy: str = "none"
-
-    def __post_init__(self):
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"unknown remat_policy {self.remat_policy!r}; choose one of {sorted(REMAT_POLICIES)}")
-        if not 0.0 <= self.text_dropout_rate <= 1.0:
-            raise ValueError(f"text_dropout_rate={self.text_dropout_rate} must lie in [0, 1]")
-
-    def __hash__(self):  # jit treats the config as static
-        return hash((self.schedule, tuple(sorted(self.schedule_kwargs.items())), self.text_dropout_rate,
-                     self.noise_aug_max_t, self.remat_policy))
-
-    @property
-    def schedule_fn(self) -> schedules.Schedule:
-        return schedules.get_schedule(self.schedule, **self.schedule_kwargs)
 
 
 def drop_text(rng: jax.Array, embeddings: jax.Array, mask: jax.Array, rate: float) -> tuple[jax.Array, jax.Array]:
@@ -112,28 +70,6 @@ def per_example_losses(
     return losses.per_example_loss(prediction, x0, eps, logsnr, adapter.parameterization)
 
 
-def encode_text(
-    adapter: adapter_lib.ModelAdapter, text_encoder_params: Any, batch: dict,
-) -> tuple[jax.Array, jax.Array]:
-    """Frozen T5 embeddings `[B, L, D]` (zero at padding) and the mask `[B, L]`.
-
-    A batch read from a text cache (data/text_cache.py) carries them as `text_embeddings`; the encoder then
-    does not run (Imagen-style precomputed embeddings).
-    """
-    mask = batch["text_mask"].astype(bool)
-    if "text_embeddings" in batch:
-        embeddings = batch["text_embeddings"]  # [B, L, D], zero at padding
-        embed_dim = adapter.text_encoder.config.d_model
-        if embeddings.shape[-1] != embed_dim:
-            raise ValueError(
-                f"cached text_embeddings have dimension {embeddings.shape[-1]} but this model's text encoder has "
-                f"d_model={embed_dim}; rebuild the cache with this run's encoder "
-                "(python -m lumiere_jax.data.text_cache)")
-    else:
-        embeddings = adapter.text_encoder.encode(text_encoder_params, batch["text_tokens"], mask)
-    return jax.lax.stop_gradient(embeddings), mask
-
-
 def all_finite(tree: Any) -> jax.Array:
     """Scalar bool: no NaN or Inf in any floating leaf (checked before every checkpoint save)."""
     leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
@@ -159,7 +95,7 @@ def train_step(
     """One optimisation step; `rng` is the run's base key (folded with the step, so resumption is exact)."""
     step_rng = jax.random.fold_in(rng, state.step)
     text_rng, example_rng, time_rng, loss_rng = jax.random.split(step_rng, 4)
-    text_embeddings, text_mask = encode_text(adapter, text_encoder_params, batch)
+    text_embeddings, text_mask = text_lib.encode_batch_text(adapter, text_encoder_params, batch)
     text_embeddings, text_mask = drop_text(text_rng, text_embeddings, text_mask, config.text_dropout_rate)
     inputs = adapter.inputs_from_batch(batch, example_rng)
     t = jax.random.uniform(time_rng, (inputs.x0.shape[0],), jnp.float32)
@@ -211,7 +147,7 @@ def eval_step(
 
     No text dropout, no model dropout; the whole batch is evaluated in every bucket.
     """
-    text_embeddings, text_mask = encode_text(adapter, text_encoder_params, batch)
+    text_embeddings, text_mask = text_lib.encode_batch_text(adapter, text_encoder_params, batch)
     example_rng, rng = jax.random.split(rng)
     inputs = adapter.inputs_from_batch(batch, example_rng)
     batch_size = inputs.x0.shape[0]

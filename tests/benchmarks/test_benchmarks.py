@@ -12,8 +12,8 @@ import pytest
 from benchmarks import compiled_cost, cost_report, fake_devices, memory_scaling, minimal_step
 from lumiere_jax.models import config as config_lib
 from lumiere_jax.models import inflate
+from lumiere_jax.models import param_paths
 from lumiere_jax.parallel import mesh as mesh_lib
-from lumiere_jax.train import state as state_lib
 
 GIB = 2.0 ** 30
 
@@ -62,8 +62,8 @@ def test_stunet_step_compiles_and_costs_less_than_fixed_resolution():
         costs[resampling] = compiled_cost.compile_step(setups[resampling])
     stunet = setups[True]
     # Only the temporal parameters train (paper section 2), and the batch is split over data x fsdp.
-    params = {**state_lib.flatten(stunet.args[0]), **state_lib.flatten(stunet.args[1])}
-    mask = state_lib.flatten(inflate.trainable_mask(state_lib.unflatten(params)))
+    params = {**param_paths.flatten(stunet.args[0]), **param_paths.flatten(stunet.args[1])}
+    mask = param_paths.flatten(inflate.trainable_mask(param_paths.unflatten(params)))
     assert stunet.num_trainable == sum(math.prod(params[path].shape) for path, on in mask.items() if on)
     assert 0 < stunet.num_trainable < stunet.num_params
     assert stunet.args[3]["x0"].shape == (2, 4, 16, 16, 3)

@@ -21,8 +21,9 @@ import tensorflow as tf
 from lumiere_jax import storage
 from lumiere_jax.data import text_cache
 from lumiere_jax.data.feature_converter import VideoFeatureConverter
+from lumiere_jax.stages import factory as stages
+from lumiere_jax.stages.diffusion_config import DiffusionConfig
 from lumiere_jax.train import inputs
-from lumiere_jax.train import stages
 from lumiere_jax.train import state as state_lib
 from lumiere_jax.train import step as step_lib
 
@@ -184,7 +185,7 @@ def test_train_step_loss_from_cached_batch_equals_encoder_loss(cache_dir, encode
     tx = optax.adamw(1e-3)
     model_params = nn.unbox(jax.jit(adapter.init)(jax.random.key(1)))
     state = state_lib.create_train_state(model_params, {}, tx, use_ema=False)
-    config = step_lib.DiffusionConfig(text_dropout_rate=0.5)  # some examples drop their text: same rng, same ones
+    config = DiffusionConfig(text_dropout_rate=0.5)  # some examples drop their text: same rng, same ones
     train_step = jax.jit(step_lib.bind_train_step(adapter, config, tx, lambda step: 1e-3, 0.0))
     cached = {key: jnp.asarray(value) for key, value in next(cached_iterator(cache_dir)).items()}
     tokens_only = {key: value for key, value in cached.items() if key != "text_embeddings"}

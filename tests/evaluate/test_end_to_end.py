@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from lumiere_jax.evaluate import __main__ as evaluate_main
 from lumiere_jax.evaluate import job
+from lumiere_jax.stages import checkpoint_layout
 from lumiere_jax.train import checkpoints as checkpoints_lib
 from lumiere_jax.train import state as state_lib
 
@@ -24,7 +25,7 @@ def write_checkpoint(model_dir, adapter, params, step):
     """A training checkpoint as the trainer writes it (all parameters trainable)."""
     state = state_lib.create_train_state(params, {}, optax.sgd(0.1), use_ema=True)
     checkpointer = checkpoints_lib.Checkpointer(model_dir, checkpoints_lib.CheckpointConfig(async_save=False),
-                                                adapter.name, checkpoints_lib.model_signature(params))
+                                                adapter.name, checkpoint_layout.model_signature(params))
     checkpointer.save(step, state, {"index": 0}, params_finite=True)
     checkpointer.close()
 

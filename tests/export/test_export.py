@@ -13,11 +13,11 @@ from lumiere_jax import storage
 from lumiere_jax.diffusion import schedules
 from lumiere_jax.export import checkpoint as export_lib
 from lumiere_jax.export import cli as export_cli
+from lumiere_jax.models import param_paths
 from lumiere_jax.sample import applications
 from lumiere_jax.sample import cli as sample_cli
-from lumiere_jax.sample import job
 from lumiere_jax.sample import weights
-from lumiere_jax.train import state as state_lib
+from lumiere_jax.stages import text as text_lib
 from tiny_setup import NUM_FRAMES, SIZE, base_config, sample_argv, unet_bindings, write_gin, write_rows
 
 NUM_STEPS = 2
@@ -47,8 +47,8 @@ def test_manifest_and_params_only_checkpoint(exported, tiny_models):
         assert os.path.exists(os.path.join(exported["dir"], name))
     params, info = weights.load_params(exported["dir"])
     assert info["kind"] == "inference" and info["step"] == 7
-    expected = state_lib.flatten(tiny_models["base_ema"])
-    flat = state_lib.flatten(params)
+    expected = param_paths.flatten(tiny_models["base_ema"])
+    flat = param_paths.flatten(params)
     assert set(flat) == set(expected)
     for path, value in expected.items():
         np.testing.assert_array_equal(flat[path], value)
@@ -58,7 +58,7 @@ def test_manifest_and_params_only_checkpoint(exported, tiny_models):
 def test_safetensors_loads_with_documented_keys(exported, tiny_models):
     path = os.path.join(exported["dir"], export_lib.SAFETENSORS_FILE)
     tensors = safetensors.numpy.load_file(path)
-    expected = state_lib.flatten(tiny_models["base_ema"])
+    expected = param_paths.flatten(tiny_models["base_ema"])
     assert set(tensors) == set(expected)
     assert "down_0_res_0/conv_0/kernel" in tensors and "input_conv/kernel" in tensors
     for key, value in expected.items():
@@ -73,7 +73,7 @@ def test_serialized_function_matches_direct_sampling(exported, tiny_models):
     tokens_aval = function.in_avals[-len(export_lib.function_arguments(adapter))]
     assert tokens_aval.dtype == np.int32 and "b" in str(tokens_aval.shape[0])  # symbolic batch
     params, _ = weights.load_params(exported["dir"])
-    text_params = jax.jit(adapter.text_encoder.init)(job.training_text_encoder_rng(0))
+    text_params = jax.jit(adapter.text_encoder.init)(text_lib.training_text_encoder_rng(0))
     rng = np.random.default_rng(0)
     batch_size = 2
     tokens = rng.integers(3, 200, (batch_size, 8)).astype(np.int32)
@@ -137,8 +137,8 @@ def test_export_to_gcs_and_load_back_equals_the_local_export(exported, tiny_mode
                 np.testing.assert_array_equal(file.get_tensor(key), local_file.get_tensor(key))
     from_bucket, info = weights.load_params(export_dir)
     assert info == {"kind": "inference", "source": export_dir, "step": 7, "weights": "ema"}
-    local = state_lib.flatten(weights.load_params(exported["dir"])[0])
-    flat = state_lib.flatten(from_bucket)
+    local = param_paths.flatten(weights.load_params(exported["dir"])[0])
+    flat = param_paths.flatten(from_bucket)
     assert set(flat) == set(local)
     for path, value in local.items():
         np.testing.assert_array_equal(flat[path], value)

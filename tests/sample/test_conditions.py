@@ -9,7 +9,7 @@ import pytest
 from lumiere_jax.data import masks
 from lumiere_jax.data import video_io
 from lumiere_jax.sample import conditions
-from lumiere_jax.train import adapter as adapter_lib
+from lumiere_jax.stages import adapter as adapter_lib
 
 T, H, W = 4, 16, 16
 BOX_FRACTIONS = (0.25, 0.25, 0.75, 0.5)

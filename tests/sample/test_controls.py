@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 
 from lumiere_jax.data import video_io
-from lumiere_jax.diffusion import multidiffusion
 from lumiere_jax.sample import applications
 from lumiere_jax.sample import cli
 from lumiere_jax.sample import conditions
 from lumiere_jax.sample import job
 from lumiere_jax.sample import outputs
 from lumiere_jax.sample import rows as rows_lib
-from lumiere_jax.train import adapter as adapter_lib
+from lumiere_jax.stages import adapter as adapter_lib
 from tiny_setup import NUM_FRAMES, SIZE, SSR_SIZE, base_config, make_adapter, random_params, sample_argv, write_gin
 from tiny_setup import write_rows, write_training_checkpoint
 

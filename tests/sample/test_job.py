@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lumiere_jax.data import video_io
+from lumiere_jax.models import param_paths
 from lumiere_jax.sample import cli
 from lumiere_jax.sample import conditions
 from lumiere_jax.sample import outputs
@@ -173,13 +174,13 @@ def test_style_job_blends_spatial_weights(setup, full_job, tiny_models, tmp_path
     whose temporal weights are its own (checked against a checkpoint built that way)."""
     from lumiere_jax.train import state as state_lib  # noqa: PLC0415
     from tiny_setup import write_training_checkpoint  # noqa: PLC0415
-    style_params = state_lib.flatten(tiny_models["base_params"])
-    own = state_lib.flatten(tiny_models["base_ema"])
+    style_params = param_paths.flatten(tiny_models["base_params"])
+    own = param_paths.flatten(tiny_models["base_ema"])
     spatial = {path: value for path, value in style_params.items() if "temporal" not in path}
     style_dir, blended_dir = os.fspath(tmp_path / "style"), os.fspath(tmp_path / "blended")
-    write_training_checkpoint(style_dir, tiny_models["base"], state_lib.unflatten(spatial),
-                              state_lib.unflatten(spatial))
-    blended = state_lib.unflatten({**own, **spatial})
+    write_training_checkpoint(style_dir, tiny_models["base"], param_paths.unflatten(spatial),
+                              param_paths.unflatten(spatial))
+    blended = param_paths.unflatten({**own, **spatial})
     write_training_checkpoint(blended_dir, tiny_models["base"], blended, blended)
     prompts = write_rows(os.fspath(tmp_path / "rows.jsonl"), [{"prompt": "a red circle moving right", "id": "t2v"}])
     styled, reference = os.fspath(tmp_path / "styled"), os.fspath(tmp_path / "reference")

@@ -8,7 +8,7 @@ import numpy as np
 from lumiere_jax.diffusion import multidiffusion
 from lumiere_jax.diffusion import schedules
 from lumiere_jax.sample import applications
-from lumiere_jax.train import adapter as adapter_lib
+from lumiere_jax.stages import adapter as adapter_lib
 from tiny_setup import SIZE, SSR_SIZE, make_adapter, random_params, ssr_config
 
 NUM_FRAMES, PERCENTILE, WEIGHT = 5, 90.0, 3.0

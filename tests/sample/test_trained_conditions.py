@@ -16,6 +16,8 @@ from lumiere_jax.sample import applications
 from lumiere_jax.sample import conditions
 from lumiere_jax.sample import job
 from lumiere_jax.sample import rows as rows_lib
+from lumiere_jax.stages import text as text_lib
+from lumiere_jax.stages.diffusion_config import DiffusionConfig
 from lumiere_jax.train import optimizer as optimizer_lib
 from lumiere_jax.train import state as state_lib
 from lumiere_jax.train import step as step_lib
@@ -32,12 +34,12 @@ def trained(tmp_path_factory):
     adapter = dataclasses.replace(make_adapter("conditional", one_level_config()), parameterization="x0")
     videos, captions, condition_masks = synthetic_pool(0, POOL)
     tokens, text_mask = vocab.tokenize(captions, vocab.get_vocabulary(), adapter.text_length)
-    text_params = jax.jit(adapter.text_encoder.init)(job.training_text_encoder_rng(0))
+    text_params = jax.jit(adapter.text_encoder.init)(text_lib.training_text_encoder_rng(0))
     optimizer = optimizer_lib.OptimizerConfig(learning_rate=1e-2, warmup_steps=10, decay="constant", ema_decay=0.0)
     learning_rate = optimizer_lib.learning_rate_schedule(optimizer, TRAIN_STEPS)
     tx = optimizer_lib.make_optimizer(optimizer, learning_rate)
     state = state_lib.create_train_state(random_params(adapter, 3, scale=0.5), {}, tx, use_ema=False)
-    train_step = jax.jit(step_lib.bind_train_step(adapter, step_lib.DiffusionConfig(), tx, learning_rate, 0.0))
+    train_step = jax.jit(step_lib.bind_train_step(adapter, DiffusionConfig(), tx, learning_rate, 0.0))
     order = np.random.default_rng(1)
     for _ in range(TRAIN_STEPS):
         index = order.choice(POOL, BATCH, replace=False)
@@ -67,7 +69,7 @@ def test_conditions_are_kept_by_the_trained_model(trained):
     batch["tokens"], batch["text_mask"] = vocab.tokenize([row.prompt for row in rows], vocab.get_vocabulary(),
                                                          adapter.text_length)
     generate = jax.jit(lambda p, t, b: applications.generate_base(
-        applications.Stage(adapter, p, t), b, step_lib.DiffusionConfig().schedule_fn, config, config.num_steps))
+        applications.Stage(adapter, p, t), b, DiffusionConfig().schedule_fn, config, config.num_steps))
     t2v, i2v, inpaint, cinemagraph = np.asarray(generate(params, text_params, batch))
 
     def error(a, b):

@@ -12,10 +12,11 @@ import numpy as np
 from lumiere_jax.data import masks
 from lumiere_jax.data import vocab
 from lumiere_jax.models import inflate
-from lumiere_jax.sample import job
-from lumiere_jax.train import adapter as adapter_lib
+from lumiere_jax.stages import adapter as adapter_lib
+from lumiere_jax.stages import factory as stages
+from lumiere_jax.stages import text as text_lib
+from lumiere_jax.stages.diffusion_config import DiffusionConfig
 from lumiere_jax.train import optimizer as optimizer_lib
-from lumiere_jax.train import stages
 from lumiere_jax.train import state as state_lib
 from lumiere_jax.train import step as step_lib
 from tiny_setup import make_adapter, one_level_config, random_params, synthetic_pool
@@ -29,7 +30,7 @@ def train(adapter, params, trainable_mask, batches, steps, text_params, learning
     schedule = optimizer_lib.learning_rate_schedule(optimizer, steps)
     tx = optimizer_lib.make_optimizer(optimizer, schedule)
     state = state_lib.create_train_state(*state_lib.split_params(params, trainable_mask), tx, use_ema=False)
-    train_step = jax.jit(step_lib.bind_train_step(adapter, step_lib.DiffusionConfig(), tx, schedule, 0.0))
+    train_step = jax.jit(step_lib.bind_train_step(adapter, DiffusionConfig(), tx, schedule, 0.0))
     for index in range(steps):
         state, metrics = train_step(state, batches(index), text_params, jax.random.key(index))
     assert np.isfinite(float(metrics["loss"]))
@@ -56,7 +57,7 @@ def test_conditional_model_keeps_text_to_video_quality():
     conditional = dataclasses.replace(make_adapter("conditional", one_level_config(7)), parameterization="x0")
     videos, captions, condition_masks = synthetic_pool(0, POOL, rates)
     tokens, text_mask = vocab.tokenize(captions, vocab.get_vocabulary(), base.text_length)
-    text_params = jax.jit(base.text_encoder.init)(job.training_text_encoder_rng(0))
+    text_params = jax.jit(base.text_encoder.init)(text_lib.training_text_encoder_rng(0))
     order = np.random.default_rng(1)
     picks = [order.choice(POOL, BATCH, replace=False) for _ in range(BASE_STEPS + FINETUNE_STEPS)]
 

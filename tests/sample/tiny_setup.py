@@ -17,8 +17,9 @@ from lumiere_jax.data import masks
 from lumiere_jax.data import synthetic_render
 from lumiere_jax.data import video_io
 from lumiere_jax.models import config as model_config
+from lumiere_jax.stages import checkpoint_layout
+from lumiere_jax.stages import factory as stages
 from lumiere_jax.train import checkpoints as checkpoints_lib
-from lumiere_jax.train import stages
 from lumiere_jax.train import state as state_lib
 
 NUM_FRAMES, SIZE, SSR_SIZE = 4, 16, 32
@@ -66,7 +67,7 @@ def write_training_checkpoint(model_dir: str, adapter, params, ema_params, step:
     """A training checkpoint as train/loop.py writes it (all parameters trainable, EMA distinct)."""
     state = state_lib.create_train_state(params, {}, optax.sgd(0.1), use_ema=True).replace(ema_params=ema_params)
     checkpointer = checkpoints_lib.Checkpointer(model_dir, checkpoints_lib.CheckpointConfig(async_save=False),
-                                                adapter.name, checkpoints_lib.model_signature(params))
+                                                adapter.name, checkpoint_layout.model_signature(params))
     checkpointer.save(step, state, {"index": 0}, params_finite=True)
     checkpointer.close()
 

@@ -13,6 +13,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lumiere_jax.parallel import mesh as mesh_lib
+from lumiere_jax.stages import checkpoint_layout
 from lumiere_jax.train import checkpoints as checkpoints_lib
 from lumiere_jax.train import state as state_lib
 from lumiere_jax.train import step as step_lib
@@ -42,7 +43,7 @@ def abstract_on(mesh, state):
 
 
 def signature():
-    return checkpoints_lib.model_signature(params_at(0))
+    return checkpoint_layout.model_signature(params_at(0))
 
 
 def write_data_snapshot(directory):
@@ -138,7 +139,7 @@ def test_truncated_latest_falls_back_to_previous(saved_run, tmp_path, caplog):
 
 def test_checkpoint_of_a_different_model_is_an_error(saved_run):
     model_dir, config = saved_run
-    other = checkpoints_lib.model_signature({**params_at(0), "temporal_mix": jnp.zeros(5)})
+    other = checkpoint_layout.model_signature({**params_at(0), "temporal_mix": jnp.zeros(5)})
     checkpointer = checkpoints_lib.Checkpointer(model_dir, config, "toy", other)
     mesh = mesh_lib.make_mesh((2, 2, 2))
     with pytest.raises(ValueError, match=r"written by a different model .*temporal_mix: shape \[4\] != \[5\]"):

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lumiere_jax.train import state as state_lib
+from lumiere_jax.models import param_paths
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 LEGACY_RUN = os.path.join(FIXTURES, "legacy_run_1c15e15")
@@ -52,7 +52,7 @@ def test_resuming_a_legacy_run_restores_its_parameters(tmp_path, cli_env):
     state = ocp.PyTreeCheckpointer().restore(os.path.join(model_dir, "checkpoints", "3", "state"))
     assert int(state["step"]) == 3 == int(reference["step"]) + 1
     for group in ("trainable_params", "frozen_params"):
-        values = state_lib.flatten(state[group])
+        values = param_paths.flatten(state[group])
         assert values, group
         for path, value in values.items():
             np.testing.assert_array_equal(np.asarray(value), reference[f"{group}/{path}"], err_msg=path)

@@ -14,10 +14,10 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 import toy
+from lumiere_jax.stages.diffusion_config import DiffusionConfig
 from lumiere_jax.train import checkpoints as checkpoints_lib
 from lumiere_jax.train import loop
 from lumiere_jax.train import optimizer as optimizer_lib
-from lumiere_jax.train import step as step_lib
 
 NUM_STEPS = 8
 NAN_STEP_INDEX = 3  # the 4th batch is all NaN
@@ -29,7 +29,7 @@ def run(model_dir, mesh_shape, num_devices, **overrides):
         dataset_fn=lambda *args: toy.ToyIterator(*args, nan_at=(NAN_STEP_INDEX,)),
         optimizer=optimizer_lib.OptimizerConfig(learning_rate=3e-3, warmup_steps=2, decay="constant", ema_decay=0.9),
         checkpoint=checkpoints_lib.CheckpointConfig(save_every_steps=2, keep_last=10, async_save=True),
-        diffusion=step_lib.DiffusionConfig(text_dropout_rate=0.2),
+        diffusion=DiffusionConfig(text_dropout_rate=0.2),
         mesh_shape=mesh_shape, num_devices=num_devices, log_every_steps=1, seed=3)
     kwargs.update(overrides)
     return loop.train(**kwargs)

@@ -13,8 +13,9 @@ import numpy as np
 import toy
 from lumiere_jax import gin_cli
 from lumiere_jax.diffusion import schedules
-from lumiere_jax.train import adapter as adapter_lib
-from lumiere_jax.train import stages
+from lumiere_jax.stages import adapter as adapter_lib
+from lumiere_jax.stages import factory as stages
+from lumiere_jax.stages.diffusion_config import DiffusionConfig
 from lumiere_jax.train import step as step_lib
 
 T = np.linspace(0.0, 1.0, 11, dtype=np.float32)
@@ -32,13 +33,13 @@ def test_shipped_ssr_configs_use_the_resolution_shifted_schedule():
         parse("runs/train_ssr.gin", "runs/cpu_tiny.gin", bindings=["MODEL_DIR = 'unused'"])
         adapter = stages.unet_adapter()
         assert (adapter.sample_shape[1], adapter.low_res_size) == (32, 16)
-        np.testing.assert_allclose(step_lib.DiffusionConfig().schedule_fn(T) - schedules.logsnr_cosine(T),
+        np.testing.assert_allclose(DiffusionConfig().schedule_fn(T) - schedules.logsnr_cosine(T),
                                    expected_shift, atol=1e-4)
         parse("sample/ssr.gin", "sample/cpu_tiny.gin")
         with gin.config_scope("ssr"):
-            ssr_schedule = step_lib.DiffusionConfig().schedule_fn
+            ssr_schedule = DiffusionConfig().schedule_fn
         np.testing.assert_allclose(ssr_schedule(T) - schedules.logsnr_cosine(T), expected_shift, atol=1e-4)
-        base_schedule = step_lib.DiffusionConfig().schedule_fn  # the base keeps the plain cosine schedule
+        base_schedule = DiffusionConfig().schedule_fn  # the base keeps the plain cosine schedule
         np.testing.assert_allclose(base_schedule(T), schedules.logsnr_cosine(T), atol=1e-6)
     finally:
         gin.clear_config()
@@ -56,7 +57,7 @@ def test_training_augments_low_res_on_the_plain_cosine_schedule(monkeypatch):
 
     monkeypatch.setattr(adapter_lib.ModelAdapter, "apply", recording_apply)
     adapter = toy.toy_adapter(stage="ssr")
-    config = step_lib.DiffusionConfig(schedule="shifted_cosine", schedule_kwargs={"resolution": 512},
+    config = DiffusionConfig(schedule="shifted_cosine", schedule_kwargs={"resolution": 512},
                                       noise_aug_max_t=0.5)
     params = nn.unbox(adapter.init(jax.random.key(0)))
     video = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (256, 4, 8, 8, 3)), jnp.float32)

@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lumiere_jax.train import state as state_lib
+from lumiere_jax.models import param_paths
 
 MICRO = os.path.join(os.path.dirname(__file__), "micro_stage.gin")
 MICRO_VIDEO = os.path.join(os.path.dirname(__file__), "micro_video.gin")
@@ -84,9 +84,9 @@ def test_train_stunet_keeps_t2i_weights_bitwise(tmp_path, stage_env, synthetic_t
                              f"--gin.T2I_CHECKPOINT={t2i_run[0]}")
     assert_learns_against_frozen_run(stunet_run[1], baseline)
     t2i, stunet = saved_state(t2i_run[0]), saved_state(stunet_run[0])
-    t2i_weights = state_lib.flatten(t2i["ema_params"])  # the T2I run trains everything; EMA is what loads
-    frozen = state_lib.flatten(stunet["frozen_params"])
-    trainable = state_lib.flatten(stunet["trainable_params"])
+    t2i_weights = param_paths.flatten(t2i["ema_params"])  # the T2I run trains everything; EMA is what loads
+    frozen = param_paths.flatten(stunet["frozen_params"])
+    trainable = param_paths.flatten(stunet["trainable_params"])
     assert set(frozen) == set(t2i_weights)
     assert trainable and all("temporal" in path for path in trainable)
     for path, value in t2i_weights.items():
@@ -102,8 +102,8 @@ def test_finetune_conditional(tmp_path, stage_env, synthetic_tiny_dir, stunet_ru
     assert_learns_against_frozen_run(losses, baseline)
     stunet, conditional = saved_state(stunet_run[0]), saved_state(model_dir)
     assert conditional["trainable_params"]["input_conv"]["kernel"].shape[-2] == 7
-    stunet_frozen = state_lib.flatten(stunet["frozen_params"])
-    for path, value in state_lib.flatten(conditional["frozen_params"]).items():
+    stunet_frozen = param_paths.flatten(stunet["frozen_params"])
+    for path, value in param_paths.flatten(conditional["frozen_params"]).items():
         np.testing.assert_array_equal(value, stunet_frozen[path], err_msg=path)
 
 
@@ -115,8 +115,8 @@ def test_pretrain_sr_then_train_inflated_ssr(tmp_path, stage_env, synthetic_tiny
                                 f"--gin.SR_CHECKPOINT={sr_dir}")
     assert len(ssr_losses) == 24 and np.all(np.isfinite(ssr_losses))
     sr, ssr = saved_state(sr_dir), saved_state(ssr_dir)
-    sr_weights = state_lib.flatten(sr["ema_params"])  # the SR run trains everything; EMA is what loads
-    frozen, trainable = state_lib.flatten(ssr["frozen_params"]), state_lib.flatten(ssr["trainable_params"])
+    sr_weights = param_paths.flatten(sr["ema_params"])  # the SR run trains everything; EMA is what loads
+    frozen, trainable = param_paths.flatten(ssr["frozen_params"]), param_paths.flatten(ssr["trainable_params"])
     assert set(frozen) == set(sr_weights)
     assert trainable and all("temporal" in path for path in trainable)
     for path, value in sr_weights.items():

@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from lumiere_jax.models import param_paths
 from lumiere_jax.train import state as state_lib
 
 PARAMS = {"down_0_res_0": {"conv_0": {"kernel": jnp.ones((3, 3, 2, 2))}},
@@ -16,9 +17,9 @@ MASK = {"down_0_res_0": {"conv_0": {"kernel": False}},
 
 def test_split_and_merge_round_trip():
     trainable, frozen = state_lib.split_params(PARAMS, MASK)
-    assert set(state_lib.flatten(trainable)) == {"down_0_temporal_conv_0/temporal_conv/kernel",
+    assert set(param_paths.flatten(trainable)) == {"down_0_temporal_conv_0/temporal_conv/kernel",
                                                  "down_0_temporal_conv_0/temporal_conv/bias"}
-    assert set(state_lib.flatten(frozen)) == {"down_0_res_0/conv_0/kernel"}
+    assert set(param_paths.flatten(frozen)) == {"down_0_res_0/conv_0/kernel"}
     merged = state_lib.merge_params(trainable, frozen)
     assert jax.tree.structure(merged) == jax.tree.structure(PARAMS)
     jax.tree.map(np.testing.assert_array_equal, merged, PARAMS)

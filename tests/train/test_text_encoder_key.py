@@ -1,12 +1,11 @@
-"""The text cache and the sampling job rebuild a random text encoder from the key the trainer really uses:
-observed by running the trainer, not by re-deriving the key."""
+"""Sampling, export and the text cache rebuild a random text encoder (stages/text.py) from the key the trainer
+really uses: observed by running the trainer, not by re-deriving the key."""
 
 import jax
 import numpy as np
 
 import toy
-from lumiere_jax.data import text_cache
-from lumiere_jax.sample import job
+from lumiere_jax.stages import text as text_lib
 from lumiere_jax.train import checkpoints as checkpoints_lib
 from lumiere_jax.train import loop
 from lumiere_jax.train import optimizer as optimizer_lib
@@ -24,7 +23,7 @@ def test_random_init_key_is_the_trainers(tmp_path):
                global_batch_size=2, optimizer=optimizer_lib.OptimizerConfig(warmup_steps=0, ema_decay=0.0),
                checkpoint=checkpoints_lib.CheckpointConfig(save_every_steps=1, async_save=False),
                mesh_shape=(1, 1, 1), num_devices=1, text_encoder_params_fn=recording_init, seed=seed)
-    [trainer_key] = seen
-    for rebuilt in (text_cache.training_text_encoder_rng(seed), job.training_text_encoder_rng(seed)):
-        np.testing.assert_array_equal(jax.random.key_data(rebuilt), trainer_key)
-    assert not np.array_equal(jax.random.key_data(text_cache.training_text_encoder_rng(seed + 1)), trainer_key)
+    text_lib.frozen_text_encoder_params(toy.ToyTextEncoder(), recording_init, seed)  # what inference loads
+    trainer_key, rebuilt = seen
+    np.testing.assert_array_equal(rebuilt, trainer_key)
+    assert not np.array_equal(jax.random.key_data(text_lib.training_text_encoder_rng(seed + 1)), trainer_key)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from lumiere_jax.train import adapter as adapter_lib
+from lumiere_jax.stages import adapter as adapter_lib
 
 TEXT_LENGTH = 6
 VOCAB = 320

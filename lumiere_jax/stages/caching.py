@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lumiere_jax.train import adapter as adapter_lib
+from lumiere_jax.stages import adapter as adapter_lib
 
 
 def adapter_key(adapter: adapter_lib.ModelAdapter | None) -> tuple | None:

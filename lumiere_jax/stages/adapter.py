@@ -1,4 +1,4 @@
-"""The narrow interface between the trainer and a stage's model: how a batch becomes model inputs.
+"""The narrow interface between a stage's model and the trainer (and sampling): how a batch becomes model inputs.
 
 The trainer knows nothing of U-Net internals. A `ModelAdapter` holds the Flax module (called as in
 docs/ARCHITECTURE.md), the frozen text encoder, the stage (which decides how a batch maps to the clean

@@ -1,4 +1,5 @@
-"""The four training stages as model adapters over the real U-Net and frozen T5 encoder (gin entry points).
+"""The five stages as model adapters over the real U-Net and frozen T5 encoder (gin entry points of training,
+sampling and export).
 
   t2i:         image model from scratch (stage "image").
   stunet:      STUNet on clips; T2I layers frozen, only temporal layers train (paper section 2).
@@ -25,7 +26,7 @@ from lumiere_jax.models import config as model_config_lib
 from lumiere_jax.models import t5
 from lumiere_jax.models import t5_weights
 from lumiere_jax.models import unet
-from lumiere_jax.train import adapter as adapter_lib
+from lumiere_jax.stages import adapter as adapter_lib
 
 STAGE_KINDS = {"t2i": "image", "stunet": "video", "sr": "image_sr", "ssr": "ssr", "conditional": "conditional"}
 _PRESETS = {"t2i": model_config_lib.t2i_config, "stunet": model_config_lib.stunet_config,

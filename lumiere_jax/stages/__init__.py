@@ -1,0 +1,1 @@
+"""A stage's model as training and inference both see it: adapter, gin factory, diffusion config, frozen text."""
