@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import compiled_cost, cost_report, fake_devices, memory_scaling, minimal_step
+from benchmarks import compiled_cost, cost_report, fake_devices, memory_scaling, minimal_step, solvers
 from lumiere_jax.models import config as config_lib
 from lumiere_jax.models import inflate
 from lumiere_jax.parallel import mesh as mesh_lib
@@ -125,3 +125,19 @@ def test_benchmark_step_runs_and_updates_only_trainable_parameters():
     assert np.isfinite(float(loss))
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, new_trainable)
     assert any(jax.tree.leaves(changed))  # Adam moved some temporal parameter
+
+
+def test_solver_search_finds_the_fewest_steps_past_a_non_monotone_start():
+    def error(solver, spacing, num_steps):  # 1 / n, with a dip to 0.02 at 5 steps
+        return 0.02 if num_steps == 5 else 1.0 / num_steps
+
+    assert solvers.steps_to_reach(error, "ddim", "uniform", 0.025) == 5  # found by the scan
+    assert solvers.steps_to_reach(error, "ddim", "uniform", 1 / 300) == 300  # doubling, then bisection
+    assert solvers.steps_to_reach(error, "ddim", "uniform", 1e-9) is None
+
+
+def test_flow_map_error_is_small_for_the_exact_map_and_smaller_for_the_multistep_solver():
+    error = solvers.FlowMapError(num_samples=256)
+    assert error("dpmpp_2m", "quadratic", 25) < error("ddim", "quadratic", 25) / 3
+    assert error("dpmpp_2m", "quadratic", 400) < 1e-4  # the closed forms agree
+
