@@ -9,7 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import compiled_cost, cost_report, fake_devices, memory_scaling, minimal_step
+from benchmarks import compiled_cost, cost_report, fake_devices, long_video, memory_scaling, minimal_step, solvers
+from lumiere_jax.data import synthetic_render
+from lumiere_jax.evaluate import synthetic_quality
 from lumiere_jax.models import config as config_lib
 from lumiere_jax.models import inflate
 from lumiere_jax.models import param_paths
@@ -125,3 +127,42 @@ def test_benchmark_step_runs_and_updates_only_trainable_parameters():
     assert np.isfinite(float(loss))
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, new_trainable)
     assert any(jax.tree.leaves(changed))  # Adam moved some temporal parameter
+
+
+def test_solver_search_finds_the_fewest_steps_past_a_non_monotone_start():
+    def error(solver, spacing, num_steps):  # 1 / n, with a dip to 0.02 at 5 steps
+        return 0.02 if num_steps == 5 else 1.0 / num_steps
+
+    assert solvers.steps_to_reach(error, "ddim", "uniform", 0.025) == 5  # found by the scan
+    assert solvers.steps_to_reach(error, "ddim", "uniform", 1 / 300) == 300  # doubling, then bisection
+    assert solvers.steps_to_reach(error, "ddim", "uniform", 1e-9) is None
+
+
+def test_flow_map_error_is_small_for_the_exact_map_and_smaller_for_the_multistep_solver():
+    error = solvers.FlowMapError(num_samples=256)
+    assert error("dpmpp_2m", "quadratic", 25) < error("ddim", "quadratic", 25) / 3
+    assert error("dpmpp_2m", "quadratic", 400) < 1e-4  # the closed forms agree
+
+
+def test_seam_pairs_mark_where_the_covering_windows_change():
+    half = long_video.seam_pairs(32, 8, 4)  # windows at 0, 4, ..., 24
+    assert np.flatnonzero(half).tolist() == [3, 7, 11, 15, 19, 23, 27]
+    assert np.flatnonzero(long_video.seam_pairs(32, 8, 8)).tolist() == [7, 15, 23]
+    assert not long_video.seam_pairs(8, 8, 4).any()
+
+
+def test_pair_consistency_flags_a_colour_change_and_a_jump():
+    scene = synthetic_render.sample_scene(np.random.default_rng(3), 16, 32, 32)
+    scene = dataclasses.replace(scene, object_color="red", background_color="blue", motion="right",
+                                positions=np.stack([np.full(16, 12.0), np.linspace(8, 20, 16)], -1))
+    video = synthetic_render.render(scene, 32, 32)
+    consistent, with_motion = long_video.pair_consistency(synthetic_quality.analyse_video(video))
+    assert consistent.all() and with_motion.all()
+    recoloured = synthetic_render.render(dataclasses.replace(scene, object_color="yellow"), 32, 32)
+    jumped = synthetic_render.render(dataclasses.replace(
+        scene, positions=scene.positions + np.array([[0.0, 0.0]] * 8 + [[8.0, 0.0]] * 8)), 32, 32)
+    consistent, _ = long_video.pair_consistency(
+        synthetic_quality.analyse_video(np.concatenate([video[:8], recoloured[8:]])))
+    assert np.flatnonzero(~consistent).tolist() == [7]
+    consistent, with_motion = long_video.pair_consistency(synthetic_quality.analyse_video(jumped))
+    assert consistent.all() and np.flatnonzero(~with_motion).tolist() == [7]
