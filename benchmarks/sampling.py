@@ -50,9 +50,9 @@ from lumiere_jax.models import t5
 from lumiere_jax.sample import applications
 from lumiere_jax.sample import job
 from lumiere_jax.sample import rows as rows_lib
-from lumiere_jax.train import adapter as adapter_lib
+from lumiere_jax.stages import adapter as adapter_lib
+from lumiere_jax.stages import factory as stages
 from lumiere_jax.train import checkpoints as checkpoints_lib
-from lumiere_jax.train import stages
 from lumiere_jax.train import state as state_lib
 
 MODES = ("throughput", "multidiffusion", "compile_cache")
