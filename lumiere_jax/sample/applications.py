@@ -52,7 +52,8 @@ class SamplingConfig:
       threshold_percentile: dynamic thresholding percentile (Imagen: 99.5); None disables it.
       sdedit_strength: SDEdit noise level t0 in (0, 1]: the input video is noised to t0, then denoised.
       replace_known: after every denoiser call, overwrite x0_hat with C where M = 1 (RePaint-style hard
-        constraint, our option). Off by default: the paper relies on the fine-tuned <J, C, M> model alone.
+        constraint, our option), in the base stage and, with C and M upsampled, in the SSR. Off by default: the
+        paper relies on the fine-tuned <J, C, M> model alone.
       ssr_num_steps: SSR sampler steps.
       ssr_guidance_weight: guidance weight of the SSR stage.
       ssr_window_length: MultiDiffusion window T' (None: the SSR model's frame count).
@@ -237,11 +238,26 @@ def base_denoiser(
     denoise_fn = guidance.thresholded(denoise_fn, config.threshold_percentile)
     if not config.replace_known or condition is None:
         return denoise_fn
+    return known_content_denoiser(denoise_fn, condition, condition_mask)
+
+
+def known_content_denoiser(denoise_fn: samplers.Denoiser, condition: jax.Array,
+                           condition_mask: jax.Array) -> samplers.Denoiser:
+    """`replace_known`: x0_hat takes `condition: [B, T, H, W, 3]` wherever `condition_mask: [B, T, H, W, 1]` is 1."""
 
     def replace_known(z, logsnr):
         return condition_mask * condition + (1.0 - condition_mask) * denoise_fn(z, logsnr)
 
     return replace_known
+
+
+def known_content_at(condition: jax.Array, condition_mask: jax.Array, height: int,
+                     width: int) -> tuple[jax.Array, jax.Array]:
+    """The base stage's C and M at the SSR's frame size: C bilinear, M nearest (stays binary). Our choice: the
+    SSR keeps the upsampled given content, as the job reads condition files at the base size only."""
+    batch_size, num_frames = condition.shape[:2]
+    return (jax.image.resize(condition, (batch_size, num_frames, height, width, 3), "linear"),
+            jax.image.resize(condition_mask, (batch_size, num_frames, height, width, 1), "nearest"))
 
 
 def base_windows(model_frames: int, num_frames: int, config: SamplingConfig) -> tuple[int, ...]:
@@ -339,7 +355,8 @@ def upsample_ssr(
     is noise-augmented once (row noise, level `ssr_noise_aug_t`) before windowing; the denoiser is
     `ssr_denoiser` (guide per window, fuse, threshold), and the step noise is drawn once for the whole clip.
     The SSR guides with the job's `ssr_guidance_weight` and the rows' negative prompts (`ssr_negative_*`),
-    without rescale or interval.
+    without rescale or interval. With `replace_known`, a conditional batch's C and M (at the base size) are
+    upsampled (`known_content_at`) and kept as in the base stage.
     """
     adapter = stage.adapter
     batch_size, num_frames = low_res.shape[:2]
@@ -356,6 +373,9 @@ def upsample_ssr(
     aug_logsnr = jnp.full((batch_size,), aug_level, jnp.float32)
     low_res = losses.noisy_sample(low_res, row_normal(aug_keys, low_res.shape[1:]), aug_logsnr)
     denoise_fn = ssr_denoiser(stage, low_res, text, aug_logsnr, config)
+    if config.replace_known and "condition" in batch:
+        denoise_fn = known_content_denoiser(
+            denoise_fn, *known_content_at(batch["condition"], batch["condition_mask"], height, width))
     z_init = row_normal(noise_keys, (num_frames, height, width, 3))
     return samplers.sample(denoise_fn, sampler_keys, z_init, schedule, config.ssr_num_steps, 1.0,
                            config.sampler, config.eta, clip_output=True, spacing=config.time_spacing)

@@ -162,6 +162,36 @@ def test_base_only_with_known_content_replacement(setup, condition_files):
     assert np.mean(np.abs(cinemagraph[1:][:, animate] - image[animate])) > 5
 
 
+def test_ssr_keeps_upsampled_known_content(setup, condition_files):
+    """With the SSR, `replace_known` pins the SSR's frames to C upsampled bilinearly where the nearest-upsampled M
+    is 1: the i2v first frame and the cinemagraph's static part (NumPy bilinear reference, half-pixel centres)."""
+    output_dir = os.fspath(setup["root"] / "ssr_known")
+    rows = [row for row in all_rows(condition_files) if row["id"] in ("i2v", "cinemagraph")]
+    prompts = write_rows(os.fspath(setup["root"] / "ssr_known.jsonl"), rows)
+    run_cli(*sample_argv(setup["gin"], prompts, output_dir, setup["models"], "--gin.SamplingConfig.replace_known=True"))
+    image = conditions.fit_image(condition_files["image_array"], SIZE, SIZE).astype(np.float64)
+    # SSR_SIZE = 2 * SIZE: each output pixel mixes its own source pixel (3/4) and the neighbour (1/4) per axis,
+    # edges clamped.
+    assert SSR_SIZE == 2 * SIZE
+
+    def upsample_axis(array, axis):
+        padded = np.concatenate([np.take(array, [0], axis), array, np.take(array, [-1], axis)], axis)
+        inner = np.take(padded, range(1, SIZE + 1), axis)
+        before, after = np.take(padded, range(SIZE), axis), np.take(padded, range(2, SIZE + 2), axis)
+        even, odd = 0.75 * inner + 0.25 * before, 0.75 * inner + 0.25 * after
+        return np.stack([even, odd], axis + 1).reshape(array.shape[:axis] + (2 * SIZE,) + array.shape[axis + 1:])
+
+    expected = outputs.to_uint8(upsample_axis(upsample_axis(image, 0), 1)).astype(int)
+    i2v = frames_of(output_dir, "i2v").astype(int)
+    assert i2v.shape == (NUM_FRAMES, SSR_SIZE, SSR_SIZE, 3)
+    assert np.max(np.abs(i2v[0] - expected)) <= 1
+    assert np.mean(np.abs(i2v[1:] - expected)) > 5  # the other frames are generated
+    animate = conditions.box_region((0.2, 0.2, 0.6, 0.7), 1, SIZE, SIZE)[0, ..., 0] > 0
+    animate = np.repeat(np.repeat(animate, 2, 0), 2, 1)  # nearest upsampling of the mask
+    for frame in frames_of(output_dir, "cinemagraph").astype(int):
+        assert np.max(np.abs(frame[~animate] - expected[~animate])) <= 1
+
+
 def test_usage_errors_exit_with_status_2(setup, tiny_models, tmp_path, capsys):
     assert cli.main([f"--gin_file={setup['gin']}", f"--gin.OUTPUT_DIR={tmp_path}"]) == 2
     assert "PROMPTS" in capsys.readouterr().err
