@@ -4,8 +4,9 @@ consistency inside windows (synthetic-domain analysis of evaluate/synthetic_qual
 A base clip longer than the model runs as windows of the model's length fused at every step
 (`SamplingConfig.num_frames`, `base_window_stride`; applications.base_denoiser). This samples the same synthetic
 prompts through the sampling CLI (the demo's flags, base only) as clips of the model's length (1x), of 4x its
-length with the default stride (half a window), and of 4x with stride = window (no overlap), then compares
-frame pairs that cross a window seam with pairs inside windows.
+length with the default stride (half a window), and of 4x with stride = window (no overlap), at stride 6 of 8
+(seams off the model's blocks), and with triangular window weights, then compares frame pairs that cross a
+window seam with pairs inside windows.
 
 Consistency of a frame pair (f, f+1), from `synthetic_quality.analyse_video`'s per-frame analysis:
   consistent  both frames show an object, of the same palette colour, with areas within SIZE_RATIO of each
@@ -58,10 +59,14 @@ class Variant:
     name: str
     length_factor: int
     stride_factor: float | None = None  # of the model's length
+    weights: str = "uniform"  # SamplingConfig.base_window_weights
 
 
 VARIANTS = {variant.name: variant for variant in (
-    Variant("1x", 1), Variant("4x", 4), Variant("4x_no_overlap", 4, stride_factor=1.0))}
+    Variant("1x", 1), Variant("4x", 4), Variant("4x_no_overlap", 4, stride_factor=1.0),
+    Variant("4x_triangular", 4, weights="triangular"),
+    # Stride 6 of 8: windows start off the model's 4-frame blocks, so seams and block edges separate.
+    Variant("4x_stride6", 4, stride_factor=0.75), Variant("4x_stride6_triangular", 4, 0.75, "triangular"))}
 
 
 def synthetic_rows(count: int, num_frames: int, seed: int = 0) -> list[dict]:
@@ -114,7 +119,8 @@ def sample_variant(variant: Variant, run_dir: str, out_dir: str, num_prompts: in
     # The demo's base-only sampling stage (no SSR checkpoint is read with use_ssr=False).
     command = demo.sample_command(prompts, output_dir, "stunet", run_dir, "unused", demo.FULL, use_ssr=False)
     command += ["--gin.sample_videos.write_gif=False", f"--gin.sample_videos.batch_size={batch_size}",
-                f"--gin.SamplingConfig.base_window_stride={window_stride(model_frames, variant)}"]
+                f"--gin.SamplingConfig.base_window_stride={window_stride(model_frames, variant)}",
+                f"--gin.SamplingConfig.base_window_weights='{variant.weights}'"]
     start = time.perf_counter()
     completed = subprocess.run(command, check=False, capture_output=True, text=True)
     if completed.returncode:

@@ -83,6 +83,23 @@ def repeat_for_windows(per_clip: jax.Array, num_windows: int) -> jax.Array:
     return jnp.repeat(per_clip, num_windows, axis=0)
 
 
+WINDOW_WEIGHTINGS = ("uniform", "triangular")
+
+
+def window_weights(weighting: str, num_windows: int, window_length: int) -> np.ndarray | None:
+    """Static per-window-frame weights `[N, T']` of a named scheme (None = uniform, the paper's plain average).
+
+    "triangular" (our option): frame j of a window weighs min(j + 1, T' - j), so a window hands over to its
+    neighbour gradually across the overlap instead of dropping out between two frames.
+    """
+    if weighting == "uniform":
+        return None
+    if weighting == "triangular":
+        ramp = np.minimum(np.arange(1, window_length + 1), np.arange(window_length, 0, -1)).astype(np.float32)
+        return np.tile(ramp, (num_windows, 1))
+    raise ValueError(f"unknown window weighting {weighting!r}; choose one of {WINDOW_WEIGHTINGS}")
+
+
 def _window_weights(weights: np.ndarray | None, num_windows: int, window_length: int) -> np.ndarray:
     """Normalises `weights` (None, per-window `[N]`, or per-window-frame `[N, T']`) to a static `[N, T']`."""
     if weights is None:

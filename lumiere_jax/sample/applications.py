@@ -48,6 +48,8 @@ class SamplingConfig:
       num_frames: base clip length; None = the model's. Longer clips run the base over windows of the model's
         length fused by MultiDiffusion (our extension; the paper fuses windows of the SSR only).
       base_window_stride: window stride of such clips (None: half the model's length).
+      base_window_weights: "uniform" (the paper's plain average over windows) or "triangular" (each window's
+        frames weighted by their distance from its ends, `multidiffusion.window_weights`; our option).
       context_frames: frames of the previous clip an "extend" row continues from (1 = the image-to-video task).
       threshold_percentile: dynamic thresholding percentile (Imagen: 99.5); None disables it.
       sdedit_strength: SDEdit noise level t0 in (0, 1]: the input video is noised to t0, then denoised.
@@ -80,6 +82,7 @@ class SamplingConfig:
     guidance_interval: tuple[float, float] = (0.0, 1.0)
     num_frames: int | None = None
     base_window_stride: int | None = None
+    base_window_weights: str = "uniform"
     context_frames: int = 1
 
     def __post_init__(self):
@@ -92,6 +95,9 @@ class SamplingConfig:
             raise ValueError(f"num_steps={self.num_steps} and ssr_num_steps={self.ssr_num_steps} must be >= 1")
         if not 0.0 < self.sdedit_strength <= 1.0:
             raise ValueError(f"sdedit_strength={self.sdedit_strength} must lie in (0, 1]")
+        if self.base_window_weights not in multidiffusion.WINDOW_WEIGHTINGS:
+            raise ValueError(f"unknown base_window_weights {self.base_window_weights!r}; choose one of "
+                             f"{multidiffusion.WINDOW_WEIGHTINGS}")
 
 
 def check_guidance_controls(rescale: float, interval: tuple[float, float], where: str) -> None:
@@ -233,7 +239,8 @@ def base_denoiser(
             return window_text.denoiser(model_fn, {"channel_condition": condition_windows},
                                         adapter.parameterization, 5)(z_windows, logsnr_windows)
 
-        denoise_fn = multidiffusion.multidiffusion_denoiser(windowed_denoise_fn, starts, model_frames,
+        weights = multidiffusion.window_weights(config.base_window_weights, len(starts), model_frames)
+        denoise_fn = multidiffusion.multidiffusion_denoiser(windowed_denoise_fn, starts, model_frames, weights,
                                                             frame_condition=channel_condition)
     denoise_fn = guidance.thresholded(denoise_fn, config.threshold_percentile)
     if not config.replace_known or condition is None:

@@ -178,3 +178,11 @@ def test_window_batch_can_be_sharded_over_devices(gaussian_data):
     logsnr = jnp.array([-1.0, 1.5])
     sharded = jax.jit(multidiffusion.multidiffusion_denoiser(sharded_windows, starts, 4))(z, logsnr)
     np.testing.assert_allclose(sharded, gaussian_data.denoise(z, logsnr), rtol=1e-5, atol=1e-5)
+
+
+def test_named_window_weightings():
+    assert multidiffusion.window_weights("uniform", 3, 5) is None  # the plain average
+    np.testing.assert_array_equal(multidiffusion.window_weights("triangular", 2, 5), [[1, 2, 3, 2, 1]] * 2)
+    np.testing.assert_array_equal(multidiffusion.window_weights("triangular", 1, 4), [[1, 2, 2, 1]])
+    with pytest.raises(ValueError, match="triangular"):
+        multidiffusion.window_weights("hann", 2, 4)

@@ -30,9 +30,11 @@ def _numpy_threshold(x0):
     return np.clip(x0, -scale, scale) / scale
 
 
-def test_long_base_clip_guides_per_window_fuses_raw_x0_then_thresholds():
+@pytest.mark.parametrize("weighting", ["uniform", "triangular"])
+def test_long_base_clip_guides_per_window_fuses_raw_x0_then_thresholds(weighting):
     """A base clip twice the model's length: each window of the model's length guided (with its slice of the
-    <C * M, M> channels), the raw x0 averaged where windows overlap, then one threshold per clip."""
+    <C * M, M> channels), the raw x0 averaged where windows overlap (plainly, or weighted 1, 2, 2, 1 over a
+    window's frames), then one threshold per clip."""
     adapter = make_adapter("conditional", base_config())
     stage = applications.Stage(adapter, random_params(adapter, 5, scale=1.0), None)
     rng = np.random.default_rng(0)
@@ -47,7 +49,8 @@ def test_long_base_clip_guides_per_window_fuses_raw_x0_then_thresholds():
     text = applications.TextGuidance(
         jnp.asarray(embeddings), jnp.asarray(text_mask), jnp.zeros(embeddings.shape), jnp.zeros(text_mask.shape, bool),
         weight=jnp.full((2,), WEIGHT), rescale=jnp.zeros(2), logsnr_interval=jnp.tile(jnp.array([-99.0, 99.0]), (2, 1)))
-    config = applications.SamplingConfig(threshold_percentile=PERCENTILE, base_window_stride=2)
+    config = applications.SamplingConfig(threshold_percentile=PERCENTILE, base_window_stride=2,
+                                         base_window_weights=weighting)
     denoise_fn = applications.base_denoiser(stage, text, jnp.asarray(condition), jnp.asarray(condition_mask), config,
                                             num_frames)
     result = np.asarray(jax.jit(denoise_fn)(jnp.asarray(z), jnp.asarray(logsnr)))
@@ -60,15 +63,16 @@ def test_long_base_clip_guides_per_window_fuses_raw_x0_then_thresholds():
         train=False))
     fused_sum, count = np.zeros_like(z, np.float64), np.zeros(num_frames)
     starts = list(range(0, num_frames - NUM_FRAMES + 1, 2))
-    assert starts == [0, 2, 4]
+    assert starts == [0, 2, 4] and NUM_FRAMES == 4
+    frame_weights = np.ones(4) if weighting == "uniform" else np.array([1.0, 2.0, 2.0, 1.0])
     for start in starts:
         frames = slice(start, start + NUM_FRAMES)
         z_w, channel_w = z[:, frames], channels[:, frames]
         v_cond = np.asarray(apply(z_w, channel_w, embeddings, text_mask), np.float64)
         v_null = np.asarray(apply(z_w, channel_w, np.zeros_like(embeddings), np.zeros_like(text_mask)), np.float64)
         x0_cond, x0_null = alpha * z_w - sigma * v_cond, alpha * z_w - sigma * v_null
-        fused_sum[:, frames] += x0_null + WEIGHT * (x0_cond - x0_null)
-        count[frames] += 1
+        fused_sum[:, frames] += frame_weights.reshape(1, -1, 1, 1, 1) * (x0_null + WEIGHT * (x0_cond - x0_null))
+        count[frames] += frame_weights
     expected = _numpy_threshold(fused_sum / count.reshape(1, -1, 1, 1, 1))
     np.testing.assert_allclose(result, expected, rtol=2e-4, atol=2e-4)
     assert np.abs(fused_sum / count.reshape(1, -1, 1, 1, 1)).max() > 1.5  # thresholding is active
