@@ -88,8 +88,8 @@ def export_sampling_function(adapter: adapter_lib.ModelAdapter, params: Params, 
     model cannot be exported symbolically, the export falls back to batch 1 and says so.
     """
     function = jax.jit(sampling_function(adapter, schedule, config))
-    to_spec = lambda tree: jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), tree)  # noqa: E731
-    param_specs, text_specs = to_spec(params), to_spec(text_encoder_params)
+    param_specs, text_specs = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype),
+                                           (params, text_encoder_params))
     if batch_size is None:
         try:
             (batch,) = jax.export.symbolic_shape("b")
