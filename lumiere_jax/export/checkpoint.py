@@ -177,7 +177,7 @@ def export(
             write_safetensors(storage.join(output_dir, SAFETENSORS_FILE), flat, metadata)
         manifest["files"]["safetensors"] = SAFETENSORS_FILE
         manifest["safetensors_key_naming"] = KEY_NAMING
-    if export_function and adapter.stage not in ("video", "conditional"):
+    if export_function and adapter.stage not in adapter_lib.BASE_VIDEO_STAGES:
         logging.info("no sampling function exported: stage %r is not a base video model", adapter.stage)
     elif export_function:
         serialized, batch = export_sampling_function(adapter, params, text_encoder_params, schedule, sampling,
