@@ -26,7 +26,7 @@ def target_devices(target: str, topology: str = "") -> list:
         # No TPU here: skip libtpu's metadata-server lookups (they wait for a server that does not answer).
         for name, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost")):
             os.environ.setdefault(name, value)
-        from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+        from jax.experimental import topologies  # noqa: PLC0415 -- TPU targets only, after the libtpu settings above
         return list(topologies.get_topology_desc(topology, "tpu").devices)
     raise ValueError(f"unknown target {target!r}; choose 'cpu' or 'tpu'")
 

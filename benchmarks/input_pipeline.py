@@ -23,14 +23,14 @@ import time
 import tensorflow_datasets as tfds
 
 from lumiere_jax.data import pipeline, tasks
+from lumiere_jax.parallel import global_arrays as global_arrays_lib
+from lumiere_jax.parallel import mesh as mesh_lib
 
 
 def measure(name: str, batch_size: int, num_batches: int, global_arrays: bool) -> tuple[float, float]:
     """Returns (clips/s, batches/s) over `num_batches` after a warm-up batch."""
     iterator = pipeline.DataIterator(pipeline.InputConfig(name, global_batch_size=batch_size))
     if global_arrays:
-        from lumiere_jax.parallel import global_arrays as global_arrays_lib
-        from lumiere_jax.parallel import mesh as mesh_lib
         iterator = global_arrays_lib.GlobalBatchIterator(iterator, mesh_lib.make_mesh())
     next(iterator)
     start = time.perf_counter()

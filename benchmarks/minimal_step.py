@@ -142,7 +142,10 @@ def setup(config: UNetConfig, mesh: jax.sharding.Mesh, batch_per_shard: int, vid
 
     step = functools.partial(_train_step, module=module, optimizer=optimizer,
                              schedule=schedules.get_schedule("cosine"))
-    count = lambda tree: sum(leaf.size for leaf in jax.tree.leaves(tree))
+
+    def count(tree) -> int:
+        return sum(leaf.size for leaf in jax.tree.leaves(tree))
+
     return StepSetup(config=config, mesh=mesh, optimizer=optimizer, freeze_spatial=freeze_spatial, step=step,
                      args=(trainable, frozen, opt_state, batch, rng),
                      shardings=(trainable_shardings, frozen_shardings, opt_shardings, batch_shardings, replicated),

@@ -31,7 +31,7 @@ from typing import Any
 
 os.environ.setdefault("EPATH_USE_TF", "false")
 
-from etils import epath  # noqa: E402 -- after the backend choice above
+from etils import epath  # after the backend choice above
 
 COMMIT_MARKER = "COMMITTED"
 URI_SCHEMES = ("gs://", "s3://", "az://")

@@ -6,11 +6,11 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import importlib.util  # noqa: E402
+import importlib.util
 
 # Loaded from its file, not by putting tests/ on sys.path: there its folders (data/, sample/ ...) would shadow
 # gin's package lookup of relative config names such as data/text_cache.gin (a namespace package has no file).
-import sys  # noqa: E402
+import sys
 
 
 def _load(name: str):

@@ -50,8 +50,9 @@ class GcsEmulator:
         self.env = emulator_environment(url)
 
     def client(self):
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
+        # Only the tests that talk to the bucket directly need the client library.
+        from google.auth.credentials import AnonymousCredentials  # noqa: PLC0415
+        from google.cloud import storage  # noqa: PLC0415
 
         return storage.Client(project="lumiere-test", credentials=AnonymousCredentials(),
                               client_options={"api_endpoint": self.url})
@@ -72,7 +73,7 @@ def gcs_emulator(tmp_path_factory):
     """Starts the emulator for the session and points this process's clients at it."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "w")  # noqa: SIM115 -- closed below
+    log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "w")  # closed below
     server = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
         stdout=log, stderr=subprocess.STDOUT)
@@ -81,10 +82,10 @@ def gcs_emulator(tmp_path_factory):
         try:
             urllib.request.urlopen(f"{url}/storage/v1/b?project=lumiere-test", timeout=1)
             break
-        except OSError:
+        except OSError as error:
             if server.poll() is not None or time.time() > deadline:
                 server.kill()
-                raise RuntimeError(f"the GCS emulator did not start on {url}")
+                raise RuntimeError(f"the GCS emulator did not start on {url}") from error
             time.sleep(0.2)
     previous = {name: os.environ.get(name) for name in emulator_environment(url)}
     os.environ.update(emulator_environment(url))
@@ -103,7 +104,7 @@ def gcs_emulator(tmp_path_factory):
 
 def _serve() -> None:
     """The emulator's command line, with downloads that also carry the object's generation headers."""
-    from gcp_storage_emulator.exceptions import NotFound  # noqa: PLC0415
+    from gcp_storage_emulator.exceptions import NotFound  # noqa: PLC0415 -- only the server process needs it
     from gcp_storage_emulator.handlers import objects  # noqa: PLC0415 -- patched before the server imports it
 
     download = objects.download

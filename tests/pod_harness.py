@@ -36,10 +36,10 @@ class Pod:
         for process in self.processes:
             try:
                 codes.append(process.wait(timeout=max(1.0, deadline - time.time())))
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired as error:
                 self.kill()
                 raise AssertionError(f"pod still running after {timeout} s; logs: " +
-                                     " | ".join(self.log(i)[-1500:] for i in range(len(self.logs))))
+                                     " | ".join(self.log(i)[-1500:] for i in range(len(self.logs)))) from error
         return codes
 
     def wait_for_line(self, index: int, text: str, timeout: float) -> None:

@@ -27,29 +27,33 @@ ALLOWED = {
 }
 
 
+class FilesystemCalls(ast.NodeVisitor):
+    """Collects `{(file, enclosing class/function path): [call (line N), ...]}` of one file into `found`."""
+
+    def __init__(self, file: str, found: dict):
+        self.file, self.found, self.scope = file, found, []
+
+    def visit_scope(self, node):
+        self.scope.append(node.name)
+        self.generic_visit(node)
+        self.scope.pop()
+
+    visit_ClassDef = visit_FunctionDef = visit_AsyncFunctionDef = visit_scope
+
+    def visit_Call(self, node):
+        name = ast.unparse(node.func)
+        if name == "open" or name.startswith(FILESYSTEM_CALLS[1:]):
+            key = (self.file, ".".join(self.scope))
+            self.found.setdefault(key, []).append(f"{name} (line {node.lineno})")
+        self.generic_visit(node)
+
+
 def filesystem_calls():
     found = {}
     for root in CHECKED:
         path = REPO / root
         for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            scope = []
-
-            class Visitor(ast.NodeVisitor):
-                def visit_scope(self, node):
-                    scope.append(node.name)
-                    self.generic_visit(node)
-                    scope.pop()
-
-                visit_ClassDef = visit_FunctionDef = visit_AsyncFunctionDef = visit_scope
-
-                def visit_Call(self, node):
-                    name = ast.unparse(node.func)
-                    if name == "open" or name.startswith(FILESYSTEM_CALLS[1:]):
-                        key = (str(file.relative_to(REPO)), ".".join(scope))
-                        found.setdefault(key, []).append(f"{name} (line {node.lineno})")
-                    self.generic_visit(node)
-
-            Visitor().visit(ast.parse(file.read_text()))
+            FilesystemCalls(str(file.relative_to(REPO)), found).visit(ast.parse(file.read_text()))
     return found
 
 

@@ -87,7 +87,7 @@ def _tfds_without_autocache():
     seqio takes the TFDS ReadConfig only from a process-wide override, so it is set while the datasets
     are built and put back afterwards.
     """
-    previous = seqio.utils._TFDS_DATA_READ_CONFIG_OVERRIDE  # noqa: SLF001 -- seqio has no getter
+    previous = seqio.utils._TFDS_DATA_READ_CONFIG_OVERRIDE  # private: seqio has no getter
     read_config = (dataclasses.replace(previous, try_autocache=False) if previous is not None
                    else tfds.ReadConfig(try_autocache=False))
     seqio.utils.set_tfds_read_config_override(read_config)

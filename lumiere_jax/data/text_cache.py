@@ -15,9 +15,9 @@ complete splits and rebuilds partial ones. A `gs://` cache is read by training f
 split, downloaded once per host and manifest (`_readable_split_dir`): tf.data keeps reading local TFRecord
 files with the checkpointable iterators the data snapshots need.
 
-Embeddings are stored as float16: half the bytes of float32 with 8x bfloat16's precision (10 mantissa bits), and T5 outputs come out of a final
-RMS norm, so their magnitude (at most sqrt(D) times the norm's scale) stays far inside float16's range;
-an overflow is an error, never a silent inf.
+Embeddings are stored as float16: half the bytes of float32 with 8x bfloat16's precision (10 mantissa bits), and
+T5 outputs come out of a final RMS norm, so their magnitude (at most sqrt(D) times the norm's scale) stays far
+inside float16's range; an overflow is an error, never a silent inf.
 
 `register_cached_text(name, cache_dir, expected, split)` registers `<task>_cached_text` (and `<mixture>_cached_text`
 for mixtures) over the cache with the task's pixel preprocessors, after checking each manifest against the

@@ -156,7 +156,8 @@ def sample(
     does not depend on its batch-mates, the batch size or its position. The denoiser runs once per step
     (`num_steps` calls); the last call's x0_hat is the output, optionally clipped to [-1, 1]. `eta` is used by
     "ddim" only; "dpmpp_2m" is deterministic and draws no step noise. `spacing`: the time grid (`time_grid`;
-    None: `default_spacing(sampler)`). Step noise covers a row's whole `z` (MultiDiffusion relies on this: never per window).
+    None: `default_spacing(sampler)`). Step noise covers a row's whole `z` (MultiDiffusion relies on this: never
+    per window).
     Jittable with `denoise_fn`, `num_steps`, `t_start`, `sampler`, `clip_output` and `spacing` static.
     """
     if sampler not in SAMPLERS:

@@ -1,8 +1,9 @@
 """Converters from the public metric-network checkpoints to our weights files (run once, offline).
 
-    python -m lumiere_jax.evaluate.convert i3d  --input rgb_imagenet.pt        --output i3d.safetensors
-    python -m lumiere_jax.evaluate.convert c3d  --input c3d_ucf101.npz          --output c3d.safetensors [--mean mean.npy]
-    python -m lumiere_jax.evaluate.convert clip --input model.safetensors --hf_config config.json --output clip.safetensors
+    python -m lumiere_jax.evaluate.convert i3d  --input rgb_imagenet.pt   --output i3d.safetensors
+    python -m lumiere_jax.evaluate.convert c3d  --input c3d_ucf101.npz    --output c3d.safetensors [--mean mean.npy]
+    python -m lumiere_jax.evaluate.convert clip --input model.safetensors --output clip.safetensors \\
+      --hf_config config.json
 
 Inputs are state dicts as .safetensors, .npz (e.g. Chainer) or .pt/.pth (needs torch). Source naming:
   i3d:  the PyTorch port `pytorch-i3d` of DeepMind's Kinetics-400 I3D (the FVD network):
@@ -209,7 +210,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """A checkpoint's arrays by name: .safetensors / .npz directly, .pt / .pth through torch."""
     if path.endswith((".pt", ".pth", ".bin")):
         try:
-            import torch
+            import torch  # noqa: PLC0415 -- optional: only .pt/.pth/.bin inputs need it
         except ImportError:
             raise ConversionError(f"reading {path} needs torch (pip install torch), or re-save it as "
                                   ".safetensors / .npz") from None

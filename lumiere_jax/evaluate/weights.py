@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from flax import traverse_util
+from safetensors.numpy import load_file, save_file
 
 SEPARATOR = "/"
 COLLECTION_SEPARATOR = ":"
@@ -22,7 +23,6 @@ def save_flat(path: str, flat: dict[str, np.ndarray]) -> None:
     """Writes a flat dict of arrays as .safetensors or .npz (chosen by the extension)."""
     arrays = {name: np.array(value, order="C") for name, value in flat.items()}  # keeps 0-d arrays 0-d
     if path.endswith(".safetensors"):
-        from safetensors.numpy import save_file
         save_file(arrays, path)
     elif path.endswith(".npz"):
         np.savez(path, **arrays)
@@ -36,7 +36,6 @@ def load_flat(path: str) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"weights file {path!r} does not exist; convert the public checkpoint with "
                                 "`python -m lumiere_jax.evaluate.convert` (see its --help)")
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
         return dict(load_file(path))
     if path.endswith(".npz"):
         with np.load(path) as data:

@@ -88,8 +88,8 @@ def export_sampling_function(adapter: adapter_lib.ModelAdapter, params: Params, 
     model cannot be exported symbolically, the export falls back to batch 1 and says so.
     """
     function = jax.jit(sampling_function(adapter, schedule, config))
-    to_spec = lambda tree: jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), tree)  # noqa: E731
-    param_specs, text_specs = to_spec(params), to_spec(text_encoder_params)
+    param_specs, text_specs = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype),
+                                           (params, text_encoder_params))
     if batch_size is None:
         try:
             (batch,) = jax.export.symbolic_shape("b")
@@ -177,7 +177,7 @@ def export(
             write_safetensors(storage.join(output_dir, SAFETENSORS_FILE), flat, metadata)
         manifest["files"]["safetensors"] = SAFETENSORS_FILE
         manifest["safetensors_key_naming"] = KEY_NAMING
-    if export_function and adapter.stage not in ("video", "conditional"):
+    if export_function and adapter.stage not in adapter_lib.BASE_VIDEO_STAGES:
         logging.info("no sampling function exported: stage %r is not a base video model", adapter.stage)
     elif export_function:
         serialized, batch = export_sampling_function(adapter, params, text_encoder_params, schedule, sampling,

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
+from safetensors import safe_open
 
 from lumiere_jax.models import t5
 
@@ -52,8 +53,6 @@ def _is_encoder_key(name: str) -> bool:
 
 
 def _read_safetensors(paths: list[str]) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
-
     tensors = {}
     for path in paths:
         with safe_open(path, framework="numpy") as reader:
@@ -65,7 +64,7 @@ def _read_safetensors(paths: list[str]) -> dict[str, np.ndarray]:
 
 def _read_torch(paths: list[str]) -> dict[str, np.ndarray]:
     try:
-        import torch
+        import torch  # noqa: PLC0415 -- optional: only .bin checkpoints need it
     except ImportError as error:
         raise ImportError(
             f"reading {paths[0]!r} needs PyTorch, which is not installed; install torch, or convert the "

@@ -5,7 +5,8 @@
       --gin.sample_videos.prompts=/data/prompts.jsonl --gin.sample_videos.output_dir=/tmp/videos \\
       --gin.sample_videos.base_checkpoint=/runs/stunet --shard_id=0 --num_shards=4
 
-Gin flags as every command line here (lumiere_jax/gin_cli.py), plus `--shard_id` / `--num_shards` to split the rows over independent jobs.
+Gin flags as every command line here (lumiere_jax/gin_cli.py), plus `--shard_id` / `--num_shards` to split the
+rows over independent jobs.
 """
 
 from __future__ import annotations

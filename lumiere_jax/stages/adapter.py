@@ -37,6 +37,7 @@ Batch = dict[str, jax.Array]
 STAGES = ("image", "image_sr", "video", "ssr", "conditional")
 IMAGE_STAGES = ("image", "image_sr")
 SR_STAGES = ("image_sr", "ssr")
+BASE_VIDEO_STAGES = ("video", "conditional")  # what the sampling job and exported sampling take as base
 CONDITION_CHANNELS = 4  # C (3) + M (1), paper 4.2
 
 

@@ -4,8 +4,9 @@ Layout: `MODEL_DIR/checkpoints/<step>/{state, meta, data}` (`data`: the input pi
 subdirectory per host), local or `gs://` (Orbax/TensorStore and the storage layer). Saves are asynchronous; Orbax's
 preservation policies keep the last `keep_last` plus every step that is a multiple of `keep_every`.
 Restoring walks back from the newest step: a checkpoint that fails to read on any host (truncated, a shard
-missing, never committed) is set aside to `MODEL_DIR/set_aside/` with a warning, on all hosts alike. A checkpoint written by a different model is an error, never skipped. Parameters can also be
-initialised from another run's checkpoint through a T5X-style assignment map (e.g. a T2I checkpoint into the
+missing, never committed) is set aside to `MODEL_DIR/set_aside/` with a warning, on all hosts alike. A
+checkpoint written by a different model is an error, never skipped. Parameters can also be initialised from
+another run's checkpoint through a T5X-style assignment map (e.g. a T2I checkpoint into the
 spatial layers of a STUNet).
 """
 
@@ -285,8 +286,9 @@ def load_init_params(
         shape = source_shapes[source_path]
         sharding = target.sharding if shape == tuple(target.shape) else jax.sharding.NamedSharding(
             target.sharding.mesh, jax.sharding.PartitionSpec())
-        param_paths.set_path(item, source_keys[source_path], jax.ShapeDtypeStruct(shape, target.dtype, sharding=sharding))
-        param_paths.set_path(restore_args, source_keys[source_path], ocp.ArrayRestoreArgs(sharding=sharding, dtype=target.dtype))
+        key = source_keys[source_path]
+        param_paths.set_path(item, key, jax.ShapeDtypeStruct(shape, target.dtype, sharding=sharding))
+        param_paths.set_path(restore_args, key, ocp.ArrayRestoreArgs(sharding=sharding, dtype=target.dtype))
     restored = ocp.PyTreeCheckpointer().restore(storage.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
         item=item, restore_args=restore_args, partial_restore=True))
     loaded = {}

@@ -18,7 +18,6 @@ import gin
 import jax
 
 from lumiere_jax import gin_cli, storage
-from lumiere_jax.gin_cli import GIN_CONFIGS_DIR, UsageError, binding_line  # noqa: F401 -- re-exported
 from lumiere_jax.parallel import runtime
 
 
@@ -41,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         model_dir = gin_cli.configure_run(args)
-    except UsageError as error:
+    except gin_cli.UsageError as error:
         print(f"lumiere-train: error: {error}", file=sys.stderr)
         return 2
     if jax.process_index() == 0:

@@ -25,12 +25,12 @@ class DataSnapshotHandler(ocp.CheckpointHandler):
     def save(self, directory: epath.Path, args: DataSnapshotSave) -> None:
         args.save_fn(str(directory))
 
-    def restore(self, directory: epath.Path, args: DataSnapshotRestore | None = None) -> str:  # noqa: ARG002
+    def restore(self, directory: epath.Path, args: DataSnapshotRestore | None = None) -> str:
         if not directory.exists():
             raise FileNotFoundError(f"no input snapshot in {directory}")
         return str(directory)
 
-    def metadata(self, directory: epath.Path) -> None:  # noqa: ARG002 -- no metadata of its own
+    def metadata(self, directory: epath.Path) -> None:  # no metadata of its own
         return None
 
 

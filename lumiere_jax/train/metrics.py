@@ -81,7 +81,8 @@ class _UploadingWriter(metric_writers.MetricWriter):
 def compiled_flops(compiled: Any) -> float | None:
     """FLOPs of one call of a compiled (per-device SPMD) program, from XLA's cost analysis; None if unknown.
 
-    Pallas kernels are under-counted by the cost model (docs: DEPENDENCIES.md); treat the value as a floor.
+    Pallas kernels are under-counted by XLA's cost model (seen with flash/splash attention: backward missing,
+    splash near zero): treat the value as a floor.
     """
     try:
         analysis = compiled.cost_analysis()

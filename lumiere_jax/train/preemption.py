@@ -27,7 +27,7 @@ class PreemptionWatcher:
             for signum in signals:
                 self._previous[signum] = signal.signal(signum, self._handle)
 
-    def _handle(self, signum, frame):  # noqa: ARG002 -- signal handler signature
+    def _handle(self, signum, frame):  # the signal handler signature
         logging.warning("received signal %d: finishing this step, saving a checkpoint, then exiting", signum)
         self._requested.set()
 

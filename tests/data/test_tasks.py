@@ -24,7 +24,7 @@ def test_registration_is_idempotent_and_follows_data_dir(synthetic_data_dir, tmp
         mixture = seqio.get_mixture_or_task("synthetic_motion_tiny_joint")
         assert {task.source.tfds_dataset.data_dir for task in mixture.tasks} == {str(tmp_path)}
         # The empty data_dir has no prepared data: reading fails instead of downloading or building.
-        with pytest.raises(Exception):
+        with pytest.raises(AssertionError, match="could not find data"):  # tfds's error for unprepared data
             seqio.get_mixture_or_task("synthetic_motion_tiny").get_dataset(
                 sequence_length={"text_tokens": 8}, split="train", shuffle=False)
         assert not any(name.startswith("synthetic_motion") for name in os.listdir(tmp_path))

@@ -203,7 +203,7 @@ def test_train_step_loss_from_cached_batch_equals_encoder_loss(cache_dir, encode
 
 
 def test_shards_are_dealt_round_robin_and_empty_ones_dropped(tmp_path):
-    writer = text_cache._ShardWriter(str(tmp_path), "task", num_shards=5)  # noqa: SLF001
+    writer = text_cache._ShardWriter(str(tmp_path), "task", num_shards=5)
     for index in range(3):
         writer.write(b"record %d" % index)
     assert writer.commit() == 3

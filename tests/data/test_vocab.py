@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import sentencepiece as spm
+from transformers import ByT5Tokenizer
 
 from lumiere_jax.data import vocab
 
@@ -28,8 +29,6 @@ def test_byte_tokenize_matches_byt5_rule(max_length):
 
 
 def test_byte_tokenize_matches_transformers_byt5_tokenizer():
-    from transformers import ByT5Tokenizer
-
     reference = ByT5Tokenizer()(TEXTS, padding="max_length", truncation=True, max_length=12)
     tokens, mask = vocab.tokenize(TEXTS, vocab.get_vocabulary(), 12)
     np.testing.assert_array_equal(tokens, reference["input_ids"])

@@ -108,7 +108,8 @@ def test_clip_similarity_from_converted_files(hf_model, vocab_files, tmp_path):
     frames = np.asarray(clip.preprocess_frames(jnp.asarray(networks.to_unit_range(videos)), similarity.config))
     tokens, mask = similarity.tokenizer(prompts)
     with torch.no_grad():
-        image = hf_model.get_image_features(pixel_values=torch.from_numpy(np.array(frames.transpose(0, 3, 1, 2)))).numpy()
+        pixel_values = torch.from_numpy(np.array(frames.transpose(0, 3, 1, 2)))
+        image = hf_model.get_image_features(pixel_values=pixel_values).numpy()
         text = hf_model.get_text_features(input_ids=torch.from_numpy(tokens.astype(np.int64)),
                                           attention_mask=torch.from_numpy(mask.astype(np.int64))).numpy()
     image = image / np.linalg.norm(image, axis=-1, keepdims=True)

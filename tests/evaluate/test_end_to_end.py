@@ -8,9 +8,11 @@ import sys
 import gin
 import numpy as np
 import optax
+import pod_harness
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from lumiere_jax import storage
 from lumiere_jax.evaluate import __main__ as evaluate_main
 from lumiere_jax.evaluate import job
 from lumiere_jax.stages import checkpoint_layout
@@ -18,7 +20,7 @@ from lumiere_jax.train import checkpoints as checkpoints_lib
 from lumiere_jax.train import state as state_lib
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sample"))
-import tiny_setup  # noqa: E402 -- tiny real models shared with the sampling tests
+import tiny_setup  # tiny real models shared with the sampling tests
 
 
 def write_checkpoint(model_dir, adapter, params, step):
@@ -74,9 +76,6 @@ def test_two_tiny_checkpoints_are_sampled_scored_logged_and_not_recomputed(tmp_p
 def test_two_hosts_evaluate_a_gcs_run_like_one_process(tmp_path, gcs_emulator):
     """The evaluation command on a pod of 2 processes (tests/pod_harness.py), run directory on a GCS bucket: both
     hosts generate together, process 0 writes, and the scores equal those of one process on a local copy."""
-    import pod_harness
-    from lumiere_jax import storage
-
     config = tiny_setup.base_config(in_channels=3)
     adapter = tiny_setup.make_adapter("stunet", config)
     local_dir = str(tmp_path / "run")

@@ -39,7 +39,8 @@ class StandInGenerator:
     """Reads the checkpoint's `quality`: 1 renders each prompt's true scene, 0 returns noise. Counts calls."""
 
     def __init__(self, scene_list, fail_on_step=None):
-        self.videos = {synthetic_render.caption(scene): synthetic_render.render(scene, SIZE, SIZE) for scene in scene_list}
+        self.videos = {synthetic_render.caption(scene): synthetic_render.render(scene, SIZE, SIZE)
+                       for scene in scene_list}
         self.fail_on_step = fail_on_step
         self.calls = []
 
@@ -89,7 +90,8 @@ def test_two_checkpoints_give_a_metrics_file_each_and_tensorboard_scalars(run):
     eval_dir = os.path.join(run["model_dir"], "eval", "synthetic")
     files = sorted(name for name in os.listdir(eval_dir) if name.endswith(".json"))
     assert files == ["metrics_00000010.json", "metrics_00000020.json"]
-    good, noise = job.read_results(run["model_dir"], "synthetic")[20], job.read_results(run["model_dir"], "synthetic")[10]
+    results = job.read_results(run["model_dir"], "synthetic")
+    good, noise = results[20], results[10]
     assert good["num_videos"] == len(run["prompts"]) and good["video_shape"] == [FRAMES, SIZE, SIZE, 3]
     # Rendered ground truth scores perfectly on the synthetic attributes and is close to the real statistics.
     assert good["metrics"]["synthetic/object_color"] == 1.0 and good["metrics"]["synthetic/shape"] == 1.0

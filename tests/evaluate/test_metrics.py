@@ -26,7 +26,8 @@ def test_inception_score_metric_chunks_and_matches_direct_computation():
 
     metric = metrics.InceptionScore(c3d_weights=None, num_splits=3, logits=logits)
     expected = inception_score.inception_score(logits(videos), 3)
-    assert metric.compute(videos, [""] * 300) == {"is": pytest.approx(expected[0]), "is_std": pytest.approx(expected[1])}
+    assert metric.compute(videos, [""] * 300) == {"is": pytest.approx(expected[0]),
+                                                  "is_std": pytest.approx(expected[1])}
 
 
 def test_clipsim_metric_pairs_each_chunk_with_its_prompts():

@@ -5,4 +5,4 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from tiny_setup import clean_gin, condition_files, tiny_models  # noqa: E402,F401
+from tiny_setup import clean_gin, condition_files, tiny_models  # noqa: F401

@@ -202,7 +202,6 @@ def test_usage_errors_exit_with_status_2(setup, tiny_models, tmp_path, capsys):
 def test_style_job_blends_spatial_weights(setup, full_job, tiny_models, tmp_path):
     """alpha = 1 with a style T2I checkpoint samples exactly the model whose spatial weights are the style's and
     whose temporal weights are its own (checked against a checkpoint built that way)."""
-    from lumiere_jax.train import state as state_lib  # noqa: PLC0415
     from tiny_setup import write_training_checkpoint  # noqa: PLC0415
     style_params = param_paths.flatten(tiny_models["base_params"])
     own = param_paths.flatten(tiny_models["base_ema"])

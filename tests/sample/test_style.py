@@ -1,9 +1,12 @@
 """Style interpolation (paper 4.1): spatial weights blended, temporal weights untouched."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from lumiere_jax.sample import style
+from tiny_setup import base_config, make_adapter, random_params
 
 
 def trees(seed):
@@ -16,14 +19,19 @@ def trees(seed):
     return model, style_t2i
 
 
+def at(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
 def test_alpha_zero_and_one_are_exact():
     model, style_t2i = trees(0)
     original = style.interpolate_spatial(model, style_t2i, 0.0)
     styled = style.interpolate_spatial(model, style_t2i, 1.0)
     for path in (("down_0_res_0", "conv_0", "kernel"), ("output_conv", "bias")):
-        get = lambda tree: tree[path[0]][path[1]] if len(path) == 2 else tree[path[0]][path[1]][path[2]]  # noqa: E731
-        np.testing.assert_array_equal(np.asarray(get(original)), get(model))
-        np.testing.assert_array_equal(np.asarray(get(styled)), get(style_t2i))
+        np.testing.assert_array_equal(np.asarray(at(original, path)), at(model, path))
+        np.testing.assert_array_equal(np.asarray(at(styled, path)), at(style_t2i, path))
     for tree in (original, styled):
         temporal = tree["down_0_temporal_conv_0"]["temporal_conv"]["kernel"]
         np.testing.assert_array_equal(np.asarray(temporal), model["down_0_temporal_conv_0"]["temporal_conv"]["kernel"])
@@ -62,10 +70,6 @@ def test_conditional_model_blends_the_video_channels_and_keeps_condition_and_mas
 
 
 def test_real_conditional_model_takes_a_t2i_style_checkpoint():
-    import dataclasses
-
-    from tiny_setup import base_config, make_adapter, random_params
-
     conditional = random_params(make_adapter("conditional", base_config(7)), 0)
     t2i = random_params(make_adapter("t2i", dataclasses.replace(base_config(3), temporal=None)), 1)
     blended = style.interpolate_spatial(conditional, t2i, 1.0)

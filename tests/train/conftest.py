@@ -4,7 +4,11 @@ import os
 import pathlib
 import sys
 
+import jax
 import pytest
+import tensorflow_datasets as tfds
+
+from lumiere_jax.data import synthetic_motion  # noqa: F401  (registers the builder)
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -32,10 +36,6 @@ def cli_env(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic_tiny_dir(tmp_path_factory):
     """synthetic_motion tiny video and image configs, rendered once per session."""
-    import tensorflow_datasets as tfds
-
-    from lumiere_jax.data import synthetic_motion  # noqa: F401  (registers the builder)
-
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     for config in ("tiny", "image_tiny"):
         tfds.builder(f"synthetic_motion/{config}", data_dir=data_dir).download_and_prepare()
@@ -47,8 +47,6 @@ def fast_random_compiles():
     """XLA:CPU at its default optimisation level spends ~7 s compiling each program that draws partitionable
     threefry random bits; the classic generator compiles in ~1 s. These tests compare runs made under the same
     setting, so the generator choice does not affect what they check. Restored afterwards."""
-    import jax
-
     previous = jax.config.jax_threefry_partitionable
     jax.config.update("jax_threefry_partitionable", False)
     yield

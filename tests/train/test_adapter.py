@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 import toy
+from lumiere_jax.stages import adapter as adapter_lib
+from lumiere_jax.stages.adapter import area_downsample
 
 VIDEO = np.random.default_rng(0).uniform(-1, 1, (2, 6, 8, 8, 3)).astype(np.float32)
 
 
 def test_area_downsample_matches_block_means():
-    from lumiere_jax.stages.adapter import area_downsample
     expected = VIDEO.reshape(2, 6, 4, 2, 4, 2, 3).mean(axis=(3, 5))
     np.testing.assert_allclose(area_downsample(jnp.asarray(VIDEO), 4), expected, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="cannot be area-downsampled to 3x3"):
@@ -91,7 +92,6 @@ def test_video_stages_refuse_clips_shorter_than_the_model(stage):
 
 
 def test_sample_shape_must_match_stage():
-    from lumiere_jax.stages import adapter as adapter_lib
     with pytest.raises(ValueError, match="stage 'video' needs sample_shape of rank 4"):
         adapter_lib.ModelAdapter(name="x", module=toy.ToyDenoiser(), stage="video", text_encoder=toy.ToyTextEncoder(),
                                  sample_shape=(8, 8, 3))

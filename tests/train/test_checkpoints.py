@@ -4,6 +4,7 @@ mismatch, init-from."""
 import glob
 import logging
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -114,7 +115,6 @@ def test_restores_latest_onto_a_different_mesh(saved_run):
 
 
 def test_truncated_latest_falls_back_to_previous(saved_run, tmp_path, caplog):
-    import shutil
     model_dir = str(tmp_path / "copy")
     shutil.copytree(saved_run[0], model_dir)
     for path in glob.glob(os.path.join(model_dir, "checkpoints", "5", "state", "d", "*")):

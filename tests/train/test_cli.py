@@ -139,10 +139,3 @@ def test_unknown_gin_binding_is_a_usage_error(clean_gin, capsys, tmp_path):
 def test_required_stage_checkpoint_is_a_usage_error(clean_gin, capsys, tmp_path):
     assert cli.main(["--gin_file=runs/train_stunet.gin", f"--gin.MODEL_DIR={tmp_path}"]) == 2
     assert "T2I_CHECKPOINT" in capsys.readouterr().err
-
-
-def test_override_values_need_no_inner_quotes():
-    assert cli.binding_line("MODEL_DIR", "/tmp/run") == "MODEL_DIR = '/tmp/run'"
-    assert cli.binding_line("train.num_train_steps", "10") == "train.num_train_steps = 10"
-    assert cli.binding_line("train.adapter", "@unet_adapter()") == "train.adapter = @unet_adapter()"
-    assert cli.binding_line("X", "'quoted'") == "X = 'quoted'"

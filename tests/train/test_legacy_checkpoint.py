@@ -12,7 +12,9 @@ import sys
 
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorflow_datasets as tfds
 
+from lumiere_jax.data import synthetic_motion  # noqa: F401  (registers the builder)
 from lumiere_jax.models import param_paths
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
@@ -27,10 +29,6 @@ def _fixture_maker():
 
 
 def test_resuming_a_legacy_run_restores_its_parameters(tmp_path, cli_env):
-    import tensorflow_datasets as tfds
-
-    from lumiere_jax.data import synthetic_motion  # noqa: F401  (registers the builder)
-
     maker = _fixture_maker()
     # The saved tf.data iterator names its TFRecord files by absolute path: render the same data there.
     for config in ("tiny", "image_tiny"):

@@ -1,5 +1,6 @@
 """Multi-host detection, shardings from logical names, batch shardings."""
 
+import flax.linen as nn
 import jax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
@@ -46,7 +47,6 @@ def test_logical_names_map_to_fsdp_and_tensor_and_indivisible_dims_replicate():
 
 
 def test_repeated_logical_name_is_kept_on_its_first_dimension():
-    import flax.linen as nn
     boxed = {"kernel": nn.LogicallyPartitioned(jax.ShapeDtypeStruct((3, 3), "float32"), ("embed", "embed"))}
     assert partitioning.logical_specs(boxed)["kernel"] == PartitionSpec("embed", None)
 

@@ -69,10 +69,12 @@ def test_killed_host_fails_the_other_and_the_rerun_resumes_bitwise(pod_env, gcs_
         log = rerun.log(index)
         assert "restored checkpoint at step 4" in log
         # Each host resumed its own input shard from the step's data item.
-        assert f"input pipeline resumed at step 4 from snapshot {bucket}/killed/checkpoints/4/data/shard_0000{index}_of_00002" in log
+        snapshot = f"{bucket}/killed/checkpoints/4/data/shard_0000{index}_of_00002"
+        assert f"input pipeline resumed at step 4 from snapshot {snapshot}" in log
     assert_same_tree(saved_state(f"{bucket}/straight", 12), saved_state(f"{bucket}/killed", 12))
     objects = gcs_emulator.objects(bucket, "killed/")
-    assert {"killed/config.gin", "killed/operative_config.gin", "killed/checkpoints/12/commit_success.txt"} <= set(objects)
+    expected = {"killed/config.gin", "killed/operative_config.gin", "killed/checkpoints/12/commit_success.txt"}
+    assert expected <= set(objects)
     assert any(name.startswith("killed/events.out.tfevents") for name in objects)
     assert not os.path.exists(os.path.join(pod_harness.REPO, "gs:"))
 

@@ -1,4 +1,5 @@
-"""Periodic sample videos during training: EMA weights, classifier-free guidance, a few DDIM steps."""
+"""Preview videos during training (not the sampling job, `lumiere_jax.sample`): EMA weights, classifier-free
+guidance, a few DDIM steps, written as filmstrips to TensorBoard and as videos under MODEL_DIR/samples/."""
 
 from __future__ import annotations
 
