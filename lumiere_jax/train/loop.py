@@ -29,7 +29,7 @@ from lumiere_jax.train import checkpoints as checkpoints_lib
 from lumiere_jax.train import metrics as metrics_lib
 from lumiere_jax.train import optimizer as optimizer_lib
 from lumiere_jax.train import preemption
-from lumiere_jax.train import samples as samples_lib
+from lumiere_jax.train import previews as samples_lib
 from lumiere_jax.train import state as state_lib
 from lumiere_jax.train import step as step_lib
 
