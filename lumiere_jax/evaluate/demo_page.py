@@ -200,7 +200,8 @@ body { font: 14px sans-serif; margin: 1.5em; color: #222; }
 .views { display: flex; flex-wrap: wrap; gap: 0.8em; align-items: flex-start; }
 figure { margin: 0; }
 figure img { width: 128px; height: 128px; image-rendering: pixelated; display: block; }
-figcaption { font-size: 12px; color: #555; max-width: 160px; }
+figcaption { font-size: 12px; color: #555; max-width: 260px; }
+.views figcaption { max-width: 160px; }
 .mode { background: #eee; border-radius: 3px; padding: 0 0.4em; font-weight: normal; font-size: 12px; }
 table.scores { font-size: 12px; border-collapse: collapse; }
 table.scores td { padding: 0 0.4em 0 0; }
