@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
+# More demo flags, e.g. `make demo-quick DEMO_ARGS=--out_dir=/tmp/demo`.
+DEMO_ARGS ?=
 
 $(STAMP): requirements.txt requirements-test.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +20,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 demo: $(STAMP)
-	$(VENV)/bin/python -m lumiere_jax.demo
+	$(VENV)/bin/python -m lumiere_jax.demo $(DEMO_ARGS)
 
 demo-quick: $(STAMP)
-	$(VENV)/bin/python -m lumiere_jax.demo --quick
+	$(VENV)/bin/python -m lumiere_jax.demo --quick $(DEMO_ARGS)

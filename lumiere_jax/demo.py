@@ -12,6 +12,8 @@ Runs, each stage through the same command line a user would type (visible progre
      conditional clips keep the given content by known-content replacement (and once without, base only)
   6. write a contact sheet PNG and print the synthetic-domain quality score of the text-to-video clips, and how
      well the image-to-video and cinemagraph clips keep the given image (first frame, static region).
+  7. write index.html beside them: every clip animated with its prompt, mode and scores, the contact sheet,
+     and each stage's training loss (evaluate/demo_page.py; works offline).
 Everything is generated here (no downloads). Stages whose MODEL_DIR already holds the final checkpoint are
 skipped by the trainer's resume logic, so an interrupted demo continues where it stopped.
 """
@@ -173,16 +175,18 @@ def contact_sheet(video_dirs: list[str], path: str, frames_per_row: int = 8) -> 
 def quality_report(video_dir: str) -> dict:
     from lumiere_jax.evaluate import synthetic_quality  # noqa: PLC0415
 
-    videos, prompts = [], []
+    clip_ids, videos, prompts = [], [], []
     for name in sorted(os.listdir(video_dir)):
         if name.endswith(".json") and name.startswith("t2v_"):
             with open(os.path.join(video_dir, name)) as file:
                 prompts.append(json.load(file)["prompt"])
             from lumiere_jax.data import video_io  # noqa: PLC0415
 
+            clip_ids.append(name[:-5])
             videos.append(video_io.read_video(os.path.join(video_dir, name[:-5] + ".mp4"))[0])
     scores = synthetic_quality.score_videos(videos, prompts)
-    return {"metrics": scores["metrics"], "chance": scores["chance"], "num_videos": scores["num_videos"]}
+    return {"metrics": scores["metrics"], "chance": scores["chance"], "num_videos": scores["num_videos"],
+            "videos": {clip_id: detail["scores"] for clip_id, detail in zip(clip_ids, scores["videos"])}}
 
 
 def condition_report(video_dir: str, image_path: str) -> dict[str, float]:
@@ -202,6 +206,28 @@ def condition_report(video_dir: str, image_path: str) -> dict[str, float]:
         "cinemagraph_first_frame_mae": condition_fidelity.first_frame_error(clips["cinemagraph_0"], image),
         "cinemagraph_static_region_mae": condition_fidelity.static_region_error(clips["cinemagraph_0"], image, region),
     }
+
+
+def write_page(out_dir: str, report: dict, runs: dict[str, str], base_dir: str, video_dir: str,
+               model_only_dir: str, title: str) -> str:
+    """index.html in out_dir (evaluate/demo_page.py): the clips with their scores, the contact sheet, the losses.
+
+    Scores: the base text-to-video clips' own synthetic quality (by clip id), and the conditional clips' errors
+    against the given image (by mode: condition_report's names start with the clip's mode).
+    """
+    from lumiere_jax.evaluate import demo_page  # noqa: PLC0415
+
+    def by_mode(errors: dict[str, float]) -> dict[str, dict[str, float]]:
+        return {mode: {name[len(mode) + 1:]: value for name, value in errors.items() if name.startswith(mode + "_")}
+                for mode in ("i2v", "cinemagraph")}
+
+    folders = [
+        demo_page.VideoFolder(base_dir, "base (scored)", report.get("videos", {})),
+        demo_page.VideoFolder(video_dir, "base + SSR", by_mode(report["conditioning"])),
+        demo_page.VideoFolder(model_only_dir, "fine-tuned model alone (base, no replacement)",
+                              by_mode(report["conditioning_model_only"])),
+    ]
+    return demo_page.write_page(out_dir, folders, runs, title)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         alone = report["conditioning_model_only"][name]
         verdicts = ["ok" if error <= CONDITION_ERROR_LIMIT else "HIGH" for error in (value, alone)]
         print(f"  {name:32s} {value:.3f} {verdicts[0]:4s} / {alone:.3f} {verdicts[1]}")
+    title = f"Lumiere demo ({'quick' if args.quick else 'full'})"
+    print(f"page: {write_page(out_dir, report, runs, base_dir, video_dir, model_only_dir, title)}")
     print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min")
     return 0
 

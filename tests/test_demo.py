@@ -51,3 +51,5 @@ def test_demo_reports_first_frame_and_static_region_errors(tmp_path, monkeypatch
     assert model_only["cinemagraph_static_region_mae"] == 0.0
     printed = capsys.readouterr().out
     assert "cinemagraph_static_region_mae" in printed and "HIGH" in printed
+    assert f"page: {tmp_path / 'quick' / 'index.html'}" in printed  # written even with the stages' outputs missing
+    assert "contact_sheet.png: not found" in (tmp_path / "quick" / "index.html").read_text()
