@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from lumiere_jax import gin_cli
-from lumiere_jax.train import inputs, stages
+from lumiere_jax.stages import factory as stages
+from lumiere_jax.train import inputs
 
 
 def parse_conditional_gin(data_dir, *bindings):
