@@ -91,7 +91,7 @@ def train_command(run_file: str, model_dir: str, steps: int, data_dir: str, extr
             f"--gin.seqio_iterator.data_dir={data_dir}",
             # cpu_tiny.gin saves and evaluates every 20 steps (for tests); a few times per stage is enough here.
             f"--gin.CheckpointConfig.save_every_steps={max(20, steps // 4)}",
-            f"--gin.train.eval_every_steps={max(20, steps // 4)}", *extra]
+            f"--gin.EvalConfig.every_steps={max(20, steps // 4)}", *extra]
 
 
 def video_stage_bindings(frames: int, prefix: str = "") -> list[str]:

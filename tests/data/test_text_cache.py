@@ -21,6 +21,7 @@ import tensorflow as tf
 from lumiere_jax import storage
 from lumiere_jax.data import text_cache
 from lumiere_jax.data.feature_converter import VideoFeatureConverter
+from lumiere_jax.parallel import mesh as mesh_lib
 from lumiere_jax.stages import factory as stages
 from lumiere_jax.stages.diffusion_config import DiffusionConfig
 from lumiere_jax.train import inputs
@@ -217,7 +218,7 @@ def test_shards_are_dealt_round_robin_and_empty_ones_dropped(tmp_path):
 def test_trainer_from_cache_never_loads_the_text_encoder(cache_dir, tmp_path, classic_threefry):
     """A run on cached embeddings trains, evaluates and checkpoints without the T5 weights: the loader given
     to the trainer fails if it is called."""
-    from lumiere_jax.train import loop  # noqa: PLC0415 -- only this test needs the trainer
+    from lumiere_jax.train import loop, monitor  # noqa: PLC0415 -- only this test needs the trainer
 
     def refuse_to_load(rng):
         raise AssertionError("the text encoder was loaded although batches carry cached embeddings")
@@ -230,8 +231,9 @@ def test_trainer_from_cache_never_loads_the_text_encoder(cache_dir, tmp_path, cl
 
     adapter = stages.unet_adapter(stage="t2i", size="tiny", text_encoder_preset="tiny", text_length=TEXT_LENGTH)
     result = loop.train(model_dir=str(tmp_path / "run"), adapter=adapter, dataset_fn=dataset_fn, num_train_steps=3,
-                        global_batch_size=4, num_devices=1, text_encoder_params_fn=refuse_to_load,
-                        log_every_steps=1, eval_every_steps=3)
+                        global_batch_size=4, text_encoder_params_fn=refuse_to_load,
+                        mesh=mesh_lib.MeshConfig(num_devices=1),
+                        monitor=monitor.MonitorConfig(log_every_steps=1, evaluation=monitor.EvalConfig(every_steps=3)))
     assert int(result.state.step) == 3
     losses = [value for entry in result.history for key, value in entry.items() if key.endswith("loss")]
     assert len(losses) >= 3 and np.all(np.isfinite(losses))
