@@ -39,7 +39,7 @@ def _env(**extra) -> dict[str, str]:
 
 def _train_command(model_dir: str, data_dir: str, steps: int, *flags: str, run_file: str = TOY_RUN) -> list[str]:
     return [sys.executable, "-m", "lumiere_jax.train", f"--gin_file={run_file}", f"--gin.MODEL_DIR={model_dir}",
-            f"--gin.seqio_iterator.data_dir={data_dir}", f"--gin.train.num_train_steps={steps}", *flags]
+            f"--gin.SyntheticMotionConfig.data_dir={data_dir}", f"--gin.train.num_train_steps={steps}", *flags]
 
 
 def _final_state(model_dir: str, step: int) -> list[np.ndarray]:

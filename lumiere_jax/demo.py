@@ -88,7 +88,7 @@ def _is_progress(line: str) -> bool:
 def train_command(run_file: str, model_dir: str, steps: int, data_dir: str, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "lumiere_jax.train", f"--gin_file=runs/{run_file}", "--gin_file=runs/cpu_tiny.gin",
             f"--gin.MODEL_DIR={model_dir}", f"--gin.train.num_train_steps={steps}",
-            f"--gin.seqio_iterator.data_dir={data_dir}",
+            f"--gin.SyntheticMotionConfig.data_dir={data_dir}",
             # cpu_tiny.gin saves and evaluates every 20 steps (for tests); a few times per stage is enough here.
             f"--gin.CheckpointConfig.save_every_steps={max(20, steps // 4)}",
             f"--gin.EvalConfig.every_steps={max(20, steps // 4)}", *extra]
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     run(train_command("train_stunet.gin", runs["stunet"], steps.stunet, data_dir,
                       [f"--gin.T2I_CHECKPOINT={runs['t2i']}", *video_stage_bindings(steps.frames)]), "2_train_stunet", out_dir)
     sr_data = ["--gin.VIDEO_TASK=synthetic_motion_small",
-               "--gin_bindings=seqio_iterator.prepare_configs = ('tiny', 'image_tiny', 'small')",
+               "--gin_bindings=SyntheticMotionConfig.prepare_configs = ('tiny', 'image_tiny', 'small')",
                f"--gin_bindings=unet_adapter.overrides = {SSR_OVERRIDES}"]
     run(train_command("pretrain_sr.gin", runs["sr"], steps.image_sr, data_dir, sr_data), "3_pretrain_sr", out_dir)
     run(train_command("train_ssr.gin", runs["ssr"], steps.ssr, data_dir,

@@ -50,9 +50,9 @@ def encoder():
     return text_cache.load_text_encoder("tiny", None, "float32", train_seed=0)
 
 
-def cached_iterator(cache_dir, **overrides):
-    kwargs = dict(mixture_or_task_name=TASK, text_length=TEXT_LENGTH, register_synthetic_motion=False,
-                  text_cache_dir=cache_dir, text_encoder="tiny", shuffle=False)
+def cached_iterator(cache_dir, text_encoder="tiny", t5_dir=None, **overrides):
+    kwargs = dict(mixture_or_task_name=TASK, text_length=TEXT_LENGTH, synthetic_motion=None,
+                  text_cache=inputs.TextCacheConfig(cache_dir, text_encoder, t5_dir), shuffle=False)
     kwargs.update(overrides)
     return inputs.seqio_iterator(SPLIT, BATCH, 0, 0, 1, **kwargs)
 
@@ -89,7 +89,7 @@ def test_cached_embeddings_equal_the_encoder_output(cache_dir, encoder, syntheti
 
     # Pixels and tokens are the original task's (16 stored frames = 16 sampled, so frames are deterministic).
     original = inputs.seqio_iterator(SPLIT, BATCH, 0, 0, 1, mixture_or_task_name=TASK, text_length=TEXT_LENGTH,
-                                     register_synthetic_motion=False, shuffle=False)
+                                     synthetic_motion=None, shuffle=False)
     expected = {}
     for _ in range(64 // BATCH):
         batch = next(original)
@@ -107,13 +107,13 @@ def test_mismatched_encoder_or_length_fails_naming_the_fix(cache_dir):
             cached_iterator(cache_dir, **overrides)
     with pytest.raises(ValueError, match="text_encoder_weights: cache has 'random init \\(train seed 0\\)'"):
         inputs.seqio_iterator(SPLIT, BATCH, 1, 0, 1, mixture_or_task_name=TASK, text_length=TEXT_LENGTH,
-                              register_synthetic_motion=False, text_cache_dir=cache_dir, text_encoder="tiny")
+                              synthetic_motion=None, text_cache=inputs.TextCacheConfig(cache_dir, "tiny"))
     with pytest.raises(ValueError, match="no complete 'train' split"):
         inputs.seqio_iterator("train", BATCH, 0, 0, 1, mixture_or_task_name=TASK, text_length=TEXT_LENGTH,
-                              register_synthetic_motion=False, text_cache_dir=cache_dir, text_encoder="tiny")
+                              synthetic_motion=None, text_cache=inputs.TextCacheConfig(cache_dir, "tiny"))
     with pytest.raises(ValueError, match="no complete text cache"):
         cached_iterator(cache_dir, mixture_or_task_name="synthetic_motion_image_tiny")
-    with pytest.raises(ValueError, match="bind seqio_iterator.text_encoder"):
+    with pytest.raises(ValueError, match="bind TextCacheConfig.text_encoder"):
         cached_iterator(cache_dir, text_encoder=None)
 
 
@@ -226,8 +226,8 @@ def test_trainer_from_cache_never_loads_the_text_encoder(cache_dir, tmp_path, cl
     def dataset_fn(split, batch_size, seed, shard_index, num_shards):
         del split  # only the validation split is cached here
         return inputs.seqio_iterator(SPLIT, batch_size, seed, shard_index, num_shards, mixture_or_task_name=TASK,
-                                     text_length=TEXT_LENGTH, register_synthetic_motion=False,
-                                     text_cache_dir=cache_dir, text_encoder="tiny")
+                                     text_length=TEXT_LENGTH, synthetic_motion=None,
+                                     text_cache=inputs.TextCacheConfig(cache_dir, "tiny"))
 
     adapter = stages.unet_adapter(stage="t2i", size="tiny", text_encoder_preset="tiny", text_length=TEXT_LENGTH)
     result = loop.train(model_dir=str(tmp_path / "run"), adapter=adapter, dataset_fn=dataset_fn, num_train_steps=3,

@@ -42,7 +42,7 @@ def test_resuming_a_legacy_run_restores_its_parameters(tmp_path, cli_env):
     result = subprocess.run(
         [sys.executable, "-m", "lumiere_jax.train", "--gin_file=runs/train_stunet.gin",
          "--gin_file=runs/cpu_tiny.gin", *maker.TINY, *maker.VIDEO, f"--gin.MODEL_DIR='{model_dir}'",
-         "--gin.T2I_CHECKPOINT='/nonexistent/t2i'", f"--gin.seqio_iterator.data_dir='{maker.DATA_DIR}'",
+         "--gin.T2I_CHECKPOINT='/nonexistent/t2i'", f"--gin.SyntheticMotionConfig.data_dir='{maker.DATA_DIR}'",
          "--gin.train.num_train_steps=3", "--gin.CheckpointConfig.save_every_steps=1",
          "--gin.OptimizerConfig.learning_rate=0.0"],
         env=cli_env, capture_output=True, text=True, timeout=600)
