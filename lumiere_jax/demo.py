@@ -141,10 +141,10 @@ def sample_command(prompts: str, output_dir: str, stage: str, base_checkpoint: s
             "--gin_file=sample/cpu_tiny.gin", f"--gin.OUTPUT_DIR={output_dir}", f"--gin.PROMPTS={prompts}",
             f"--gin.BASE_CHECKPOINT={base_checkpoint}", f"--gin.SSR_CHECKPOINT={ssr_checkpoint}",
             f"--gin.BASE_STAGE={stage}", f"--gin.SamplingConfig.num_steps={steps.base_sampling}",
-            f"--gin.SamplingConfig.ssr_num_steps={steps.ssr_sampling}", "--gin.sample_videos.write_gif=True",
-            "--gin.sample_videos.save_arrays=True", "--gin.sample_videos.batch_size=4",
+            f"--gin.SamplingConfig.ssr_num_steps={steps.ssr_sampling}", "--gin.OutputConfig.write_gif=True",
+            "--gin.OutputConfig.save_arrays=True", "--gin.sample_videos.batch_size=4",
             *video_stage_bindings(steps.frames, "base/"), f"--gin_bindings=ssr/unet_adapter.overrides = {SSR_OVERRIDES}",
-            f"--gin.sample_videos.use_ssr={use_ssr}", f"--gin.SamplingConfig.replace_known={replace_known}"]
+            f"--gin.ModelsConfig.use_ssr={use_ssr}", f"--gin.SamplingConfig.replace_known={replace_known}"]
 
 
 def contact_sheet(video_dirs: list[str], path: str, frames_per_row: int = 8) -> int:
