@@ -186,7 +186,8 @@ def test_watch_picks_up_checkpoints_written_while_it_runs(tmp_path):
         return inner(step_dir, prompts, seeds, work_dir)
 
     results = job.evaluate(model_dir, [synthetic_render.caption(scene) for scene in scene_list],
-                           [metrics.SyntheticQuality()], generator, watch=True, final_step=20, poll_seconds=0.0)
+                           [metrics.SyntheticQuality()], generator,
+                           watch=job.WatchConfig(final_step=20, poll_seconds=0.0))
     assert sorted(results) == [10, 20] and inner.calls == [10, 20]
 
 
