@@ -197,7 +197,8 @@ def test_command_line_names_unbound_sampling_settings(run, capsys):
                                      f"--gin.MODEL_DIR={run['model_dir']}", "--gin.synthetic_prompts.num_prompts=1"])
     finally:
         gin.clear_config()
-    assert status == 2 and "base_adapter" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert status == 2 and "Required bindings for `sample_videos`" in error and "'models'" in error
 
 
 def test_checkpoints_read_and_results_written_on_gcs(run, gcs_emulator, tmp_path, monkeypatch):
