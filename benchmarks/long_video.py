@@ -118,7 +118,7 @@ def sample_variant(variant: Variant, run_dir: str, out_dir: str, num_prompts: in
                         for row in synthetic_rows(num_prompts, variant.length_factor * model_frames))
     # The demo's base-only sampling stage (no SSR checkpoint is read with use_ssr=False).
     command = demo.sample_command(prompts, output_dir, "stunet", run_dir, "unused", demo.FULL, use_ssr=False)
-    command += ["--gin.sample_videos.write_gif=False", f"--gin.sample_videos.batch_size={batch_size}",
+    command += ["--gin.OutputConfig.write_gif=False", f"--gin.sample_videos.batch_size={batch_size}",
                 f"--gin.SamplingConfig.base_window_stride={window_stride(model_frames, variant)}",
                 f"--gin.SamplingConfig.base_window_weights='{variant.weights}'"]
     start = time.perf_counter()

@@ -39,7 +39,7 @@ def _env(**extra) -> dict[str, str]:
 
 def _train_command(model_dir: str, data_dir: str, steps: int, *flags: str, run_file: str = TOY_RUN) -> list[str]:
     return [sys.executable, "-m", "lumiere_jax.train", f"--gin_file={run_file}", f"--gin.MODEL_DIR={model_dir}",
-            f"--gin.seqio_iterator.data_dir={data_dir}", f"--gin.train.num_train_steps={steps}", *flags]
+            f"--gin.SyntheticMotionConfig.data_dir={data_dir}", f"--gin.train.num_train_steps={steps}", *flags]
 
 
 def _final_state(model_dir: str, step: int) -> list[np.ndarray]:
@@ -109,7 +109,7 @@ def restart(stages: list[str]) -> None:
     work = tempfile.mkdtemp(prefix="lumiere_restart_")
     data_dir, cache = os.path.join(work, "tfds"), os.path.join(work, "jax_cache")
     t2i_dir = os.path.join(work, "t2i_source")
-    common = ["--gin_file=runs/cpu_tiny.gin", "--gin.train.log_every_steps=1", "--gin.train.eval_every_steps=0",
+    common = ["--gin_file=runs/cpu_tiny.gin", "--gin.MonitorConfig.log_every_steps=1", "--gin.EvalConfig.every_steps=0",
               f"--gin.T2I_CHECKPOINT='{t2i_dir}'"]
     run_files = {"t2i": "runs/pretrain_t2i.gin", "stunet": "runs/train_stunet.gin"}
     # Renders the data and makes the T2I checkpoint the STUNet starts from (no compilation cache).

@@ -305,7 +305,7 @@ def compile_cache(work_dir: str, num_rows: int, batch_size: int, base_checkpoint
         output_dir = os.path.join(work_dir, f"videos_{attempt}")
         command = demo.sample_command(prompts, output_dir, "stunet", base_checkpoint, ssr_checkpoint,
                                       demo.FULL, use_ssr=use_ssr)
-        command += [f"--gin.sample_videos.batch_size={batch_size}", "--gin.sample_videos.write_gif=False",
+        command += [f"--gin.sample_videos.batch_size={batch_size}", "--gin.OutputConfig.write_gif=False",
                     f"--compilation_cache_dir={cache_dir}"]
         runs.append(run_sampling_job(command, output_dir))
         runs[-1]["cache_files"] = len(os.listdir(cache_dir))

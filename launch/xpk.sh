@@ -104,7 +104,7 @@ validate_create_flags() {
   if ((NUM_SLICES == 1)); then
     use_default_mesh_gin "${TPU_TYPE}" "--tpu_type=${TPU_TYPE}"
   else
-    # A multi-slice mesh needs an axis over the slices (dcn_mesh_shape): its own file, <type>x<slices>.gin.
+    # A multi-slice mesh needs an axis over the slices (MeshConfig.dcn_shape): its own file, <type>x<slices>.gin.
     use_default_mesh_gin "${TPU_TYPE}x${NUM_SLICES}" "--tpu_type=${TPU_TYPE} --num_slices=${NUM_SLICES}"
   fi
   validate_run_flags

@@ -90,10 +90,10 @@ def _is_progress(line: str) -> bool:
 def train_command(run_file: str, model_dir: str, steps: int, data_dir: str, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "lumiere_jax.train", f"--gin_file=runs/{run_file}", "--gin_file=runs/cpu_tiny.gin",
             f"--gin.MODEL_DIR={model_dir}", f"--gin.train.num_train_steps={steps}",
-            f"--gin.seqio_iterator.data_dir={data_dir}",
+            f"--gin.SyntheticMotionConfig.data_dir={data_dir}",
             # cpu_tiny.gin saves and evaluates every 20 steps (for tests); a few times per stage is enough here.
             f"--gin.CheckpointConfig.save_every_steps={max(20, steps // 4)}",
-            f"--gin.train.eval_every_steps={max(20, steps // 4)}", *extra]
+            f"--gin.EvalConfig.every_steps={max(20, steps // 4)}", *extra]
 
 
 def video_stage_bindings(frames: int, prefix: str = "") -> list[str]:
@@ -143,10 +143,11 @@ def sample_command(prompts: str, output_dir: str, stage: str, base_checkpoint: s
             "--gin_file=sample/cpu_tiny.gin", f"--gin.OUTPUT_DIR={output_dir}", f"--gin.PROMPTS={prompts}",
             f"--gin.BASE_CHECKPOINT={base_checkpoint}", f"--gin.SSR_CHECKPOINT={ssr_checkpoint}",
             f"--gin.BASE_STAGE={stage}", f"--gin.SamplingConfig.num_steps={steps.base_sampling}",
-            f"--gin.SamplingConfig.ssr_num_steps={steps.ssr_sampling}", "--gin.sample_videos.write_gif=True",
-            "--gin.sample_videos.save_arrays=True", "--gin.sample_videos.batch_size=4",
-            *video_stage_bindings(steps.frames, "base/"), f"--gin_bindings=ssr/unet_adapter.overrides = {SSR_OVERRIDES}",
-            f"--gin.sample_videos.use_ssr={use_ssr}", f"--gin.SamplingConfig.replace_known={replace_known}"]
+            f"--gin.SamplingConfig.ssr_num_steps={steps.ssr_sampling}", "--gin.OutputConfig.write_gif=True",
+            "--gin.OutputConfig.save_arrays=True", "--gin.sample_videos.batch_size=4",
+            *video_stage_bindings(steps.frames, "base/"),
+            f"--gin_bindings=ssr/unet_adapter.overrides = {SSR_OVERRIDES}",
+            f"--gin.ModelsConfig.use_ssr={use_ssr}", f"--gin.SamplingConfig.replace_known={replace_known}"]
 
 
 def contact_sheet(video_dirs: list[str], path: str, frames_per_row: int = 8) -> int:
@@ -245,9 +246,10 @@ def main(argv: list[str] | None = None) -> int:
 
     run(train_command("pretrain_t2i.gin", runs["t2i"], steps.t2i, data_dir, []), "1_pretrain_t2i", out_dir)
     run(train_command("train_stunet.gin", runs["stunet"], steps.stunet, data_dir,
-                      [f"--gin.T2I_CHECKPOINT={runs['t2i']}", *video_stage_bindings(steps.frames)]), "2_train_stunet", out_dir)
+                      [f"--gin.T2I_CHECKPOINT={runs['t2i']}", *video_stage_bindings(steps.frames)]),
+        "2_train_stunet", out_dir)
     sr_data = ["--gin.VIDEO_TASK=synthetic_motion_small",
-               "--gin_bindings=seqio_iterator.prepare_configs = ('tiny', 'image_tiny', 'small')",
+               "--gin_bindings=SyntheticMotionConfig.prepare_configs = ('tiny', 'image_tiny', 'small')",
                f"--gin_bindings=unet_adapter.overrides = {SSR_OVERRIDES}"]
     run(train_command("pretrain_sr.gin", runs["sr"], steps.image_sr, data_dir, sr_data), "3_pretrain_sr", out_dir)
     run(train_command("train_ssr.gin", runs["ssr"], steps.ssr, data_dir,

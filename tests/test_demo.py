@@ -39,7 +39,7 @@ def test_demo_reports_first_frame_and_static_region_errors(tmp_path, monkeypatch
     assert demo.main(["--quick", f"--out_dir={tmp_path}"]) == 0
     assert "--gin.SamplingConfig.replace_known=True" in commands["6_sample_conditional"]
     assert "--gin.SamplingConfig.replace_known=False" in commands["6_sample_conditional_model_only"]
-    assert "--gin.sample_videos.use_ssr=False" in commands["6_sample_conditional_model_only"]
+    assert "--gin.ModelsConfig.use_ssr=False" in commands["6_sample_conditional_model_only"]
     with open(tmp_path / "quick" / "quality.json") as file:
         report = json.load(file)
     conditioning, model_only = report["conditioning"], report["conditioning_model_only"]

@@ -6,7 +6,7 @@
 
 Gin flags as the trainer's (train/cli.py): `--gin_file` (repeatable, searched in `--gin_search_paths`, then
 gin_configs/, then the working directory), `--gin_bindings`, `--gin.KEY=VALUE`. `--steps` evaluates only the
-given checkpoint steps; `--watch` keeps polling MODEL_DIR for new checkpoints (see job.py). Results:
+given checkpoint steps; `--watch` keeps polling MODEL_DIR for new checkpoints (`WatchConfig`, see job.py). Results:
 MODEL_DIR/eval/<name>/metrics_<step>.json and TensorBoard scalars in MODEL_DIR/eval/<name>/.
 """
 
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     overrides = {"steps": args.steps} if args.steps is not None else {}
     if args.watch:
-        overrides["watch"] = True
+        overrides["watch"] = job.WatchConfig()  # as gin binds it (WatchConfig.poll_seconds = ...)
     try:
         results = job.evaluate(**overrides)
     except RuntimeError as error:

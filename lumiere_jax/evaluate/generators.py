@@ -2,13 +2,15 @@
 
 `sampling_job_generator` runs the batch sampling job (`lumiere_jax.sample.job.sample_videos`, configured by
 the same gin files as `python -m lumiere_jax.sample`) on one checkpoint, writing its rows with their seeds to
-`<work_dir>/prompts.jsonl` and the videos (+ exact `.npy` frames) to `<work_dir>`. The sampling job skips
+`<work_dir>/prompts.jsonl` and the videos (+ exact `.npy` frames) to `<work_dir>`, with the output settings
+gin binds to `OutputConfig` (and `save_arrays` on). The sampling job skips
 rows that are already finished, so a killed evaluation also resumes inside a checkpoint. `work_dir` may be local
 or `gs://` (lumiere_jax/storage.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from collections.abc import Sequence
@@ -55,13 +57,15 @@ class NpyVideos(Sequence):
 def sampling_job_generator(step_dir: str, prompts: Sequence[str], seeds: Sequence[int], work_dir: str) -> NpyVideos:
     """Samples one video per prompt from the checkpoint `step_dir` with the sampling job."""
     from lumiere_jax.sample import job as sample_job  # noqa: PLC0415 -- the sampler is only needed here
+    from lumiere_jax.sample import outputs as sample_outputs  # noqa: PLC0415
 
     rows_path = storage.join(work_dir, "prompts.jsonl")
     ids = [f"{index:06d}" for index in range(len(prompts))]
     if jax.process_index() == 0:
         write_rows(rows_path, prompts, seeds)
     _after_process_0_wrote("lumiere_evaluation_rows")
-    sample_job.sample_videos(output_dir=work_dir, prompts=rows_path, base_checkpoint=step_dir, save_arrays=True)
+    outputs = dataclasses.replace(sample_outputs.OutputConfig(), save_arrays=True)  # the frames it scores
+    sample_job.sample_videos(output_dir=work_dir, prompts=rows_path, base_checkpoint=step_dir, outputs=outputs)
     _after_process_0_wrote("lumiere_evaluation_videos")  # every host scores the videos process 0 wrote
     return NpyVideos([storage.join(work_dir, f"{row_id}.npy") for row_id in ids])
 

@@ -5,13 +5,14 @@ generator samples one video per (prompt, seed) pair, every metric scores them, t
 in `MODEL_DIR/eval/<name>/` and the full result to `MODEL_DIR/eval/<name>/metrics_<step>.json`. The JSON is
 written last and atomically: a step is finished exactly when its JSON exists, so a killed job resumes with
 the first unfinished step (a step killed after its TensorBoard write but before its JSON is recomputed and
-logged again at the same step). With `watch=True` the job polls for new checkpoints until `final_step`
-is evaluated or no new checkpoint appears for `idle_timeout_s` seconds. MODEL_DIR may be local or `gs://`
+logged again at the same step). With `watch` (a `WatchConfig`) the job polls for new checkpoints until its
+`final_step` is evaluated or no new checkpoint appears for `idle_timeout_s` seconds. MODEL_DIR may be local or `gs://`
 (lumiere_jax/storage.py; TensorBoard files of a `gs://` run are written locally and uploaded after each step).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import time
@@ -32,6 +33,22 @@ EVAL_SUBDIR = "eval"
 # (step directory, prompts, seeds, work directory) -> uint8 videos [T, H, W, 3], one per prompt (a list or a
 # lazy sequence such as generators.NpyVideos).
 Generator = Callable[[str, Sequence[str], Sequence[int], str], Sequence[np.ndarray]]
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class WatchConfig:
+    """Evaluation of a run that is still training: new checkpoints are evaluated as they appear.
+
+    Attributes:
+      final_step: stop once this step is evaluated (None: stop only when idle; with `steps`, once they are done).
+      poll_seconds: wait between looks for new checkpoints.
+      idle_timeout_s: stop when no new checkpoint appeared for this long.
+    """
+
+    final_step: int | None = None
+    poll_seconds: float = 60.0
+    idle_timeout_s: float = 3600.0
 
 
 def finished_checkpoint_steps(model_dir: str) -> list[int]:
@@ -107,16 +124,14 @@ def evaluate(
     steps: Sequence[int] | None = None,
     samples_per_prompt: int = 1,
     seed: int = 0,
-    watch: bool = False,
-    final_step: int | None = None,
-    poll_seconds: float = 60.0,
-    idle_timeout_s: float = 3600.0,
+    watch: WatchConfig | None = None,
     keep_videos: bool = True,
 ) -> dict[int, dict]:
     """Evaluates the checkpoints of `model_dir`; returns `{step: payload}` of the steps computed in this call.
 
     `prompts` are repeated `samples_per_prompt` times; sample i uses seed `seed + i` at every checkpoint, so
     checkpoints are compared on the same noise. `steps`: only these (they must exist unless `watch`).
+    `watch`: keep polling for new checkpoints (None: evaluate the finished ones and return).
     Generated videos stay in `MODEL_DIR/eval/<name>/videos/<step>/` unless `keep_videos=False` (10,000
     UCF101 samples take tens of GB per checkpoint).
     """
@@ -137,7 +152,7 @@ def evaluate(
             available = finished_checkpoint_steps(model_dir)
             if steps is not None:
                 missing = sorted(set(steps) - set(available))
-                if missing and not watch:
+                if missing and watch is None:
                     raise FileNotFoundError(f"no finished checkpoint for steps {missing} in {model_dir}/"
                                             f"{checkpoint_layout.CHECKPOINTS_SUBDIR}; available: {available}")
                 available = [step for step in available if step in set(steps)]
@@ -158,12 +173,12 @@ def evaluate(
                         storage.remove(work_dir)
                 computed[step] = payload
                 last_new = time.monotonic()
-            if not watch or multihost.from_first_host(np.bool_(_all_done(eval_dir, steps, final_step))):
+            if watch is None or multihost.from_first_host(np.bool_(_all_done(eval_dir, steps, watch.final_step))):
                 return computed
-            if time.monotonic() - last_new > idle_timeout_s:
-                logging.info("no new checkpoint for %.0f s; stopping", idle_timeout_s)
+            if time.monotonic() - last_new > watch.idle_timeout_s:
+                logging.info("no new checkpoint for %.0f s; stopping", watch.idle_timeout_s)
                 return computed
-            time.sleep(poll_seconds)
+            time.sleep(watch.poll_seconds)
     finally:
         writer.close()
         events.close()

@@ -36,24 +36,22 @@ def export_checkpoint(
     diffusion: DiffusionConfig = DiffusionConfig(),
     text_encoder_params_fn: Callable[[jax.Array], Any] | None = None,
     train_seed: int = 0,
-    mesh_shape: Sequence[int] = (-1, 1, 1),
-    logical_axis_rules: Sequence[tuple[str, Any]] = mesh_lib.LOGICAL_AXIS_RULES,
+    mesh: mesh_lib.MeshConfig = mesh_lib.MeshConfig(),
 ) -> dict:
     """Exports `checkpoint` (EMA weights by default) to `output_dir`; see lumiere_jax/export/checkpoint.py.
 
     The serialized sampling function bakes in `sampling` (steps, guidance settings) and `diffusion`'s
     schedule; `function_batch_size=None` makes its batch dimension symbolic. The text encoder is needed
-    only to trace that function (`text_encoder_params_fn` as in sampling).
+    only to trace that function (`text_encoder_params_fn` and `train_seed` as in sampling's `TextConfig`).
     """
-    mesh = mesh_lib.make_mesh(mesh_shape)
-    rules = tuple(logical_axis_rules)
-    with mesh_lib.mesh_context(mesh, rules):
+    device_mesh, rules = mesh.make_mesh(), mesh.rules
+    with mesh_lib.mesh_context(device_mesh, rules):
         text_encoder_params, _ = text_lib.load_text_encoder_params(
-            adapter.text_encoder, text_encoder_params_fn, train_seed, mesh, rules)
+            adapter.text_encoder, text_encoder_params_fn, train_seed, device_mesh, rules)
     # Traced outside the mesh: the serialized function carries no sharding constraints and runs on any device.
-    return export_lib.export(checkpoint, output_dir, adapter, mesh, rules, text_encoder_params, diffusion.schedule_fn,
-                             sampling, use_ema, write_safetensors, export_function, function_batch_size,
-                             gin.config_str())
+    return export_lib.export(checkpoint, output_dir, adapter, device_mesh, rules, text_encoder_params,
+                             diffusion.schedule_fn, sampling, use_ema, write_safetensors, export_function,
+                             function_batch_size, gin.config_str())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,16 +6,19 @@ Mesh axes (T5X / MaxText convention):
   tensor: model parallelism over channels / heads / MLP width.
 
 Modules name their parameter and activation dimensions with the logical names below;
-`LOGICAL_AXIS_RULES` maps them onto mesh axes. Change the rules here or through gin, never in modules.
+`LOGICAL_AXIS_RULES` maps them onto mesh axes. Change the rules here or through gin (`MeshConfig`), never in
+modules.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 
 import flax.linen as nn
+import gin
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
@@ -97,6 +100,32 @@ def make_mesh(
             device_array = np.asarray(devices).reshape(shape)
     axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     return jax.sharding.Mesh(device_array, MESH_AXES, axis_types=axis_types)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """The mesh a job runs on and the rules that place logical axes on it (gin_configs/mesh/ binds it).
+
+    Attributes:
+      shape: per-slice (ICI) mesh shape over (data, fsdp, tensor); one -1 takes the remaining devices.
+      dcn_shape: shape across slices for multi-slice TPU jobs, e.g. (2, 1, 1); None for one slice.
+      num_devices: only the first devices (debugging); None uses all.
+      logical_axis_rules: (logical name, mesh axes) pairs, `LOGICAL_AXIS_RULES` by default.
+    """
+
+    shape: Sequence[int] = (-1, 1, 1)
+    dcn_shape: Sequence[int] | None = None
+    num_devices: int | None = None
+    logical_axis_rules: Sequence[tuple[str, str | tuple[str, ...] | None]] = LOGICAL_AXIS_RULES
+
+    def make_mesh(self) -> jax.sharding.Mesh:
+        devices = jax.devices() if self.num_devices is None else jax.devices()[:self.num_devices]
+        return make_mesh(self.shape, self.dcn_shape, devices)
+
+    @property
+    def rules(self) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
+        return tuple(self.logical_axis_rules)
 
 
 @contextlib.contextmanager

@@ -3,10 +3,10 @@
 `sample_videos` is the gin entry point (`python -m lumiere_jax.sample`, see cli.py). Rows (rows.py) are
 split over job shards (`shard_id`, `num_shards`); the rows of this shard that have no sidecar yet are
 grouped by their static settings (`applications.StaticSettings`: steps, SDEdit strength, sampler, clip
-length), cut into global batches (padded by repeating the last row), run through one jitted function sharded over the mesh (batch over the data axes,
-parameters by their logical axes), gathered, and written by process 0. Rerunning the same command skips
-finished rows, so a killed job completes where it stopped. Prompt files, condition files, checkpoints and
-OUTPUT_DIR may be local or `gs://` (lumiere_jax/storage.py). Every row's randomness comes from its own key:
+length), cut into global batches (padded by repeating the last row), run through one jitted function sharded
+over the mesh (batch over the data axes, parameters by their logical axes), gathered, and written by process 0.
+Rerunning the same command skips finished rows, so a killed job completes where it stopped. Prompt files,
+condition files, checkpoints and OUTPUT_DIR may be local or `gs://` (lumiere_jax/storage.py). Every row's randomness comes from its own key:
 `PRNGKey(row seed)` if the row gives one, else `fold_in(PRNGKey(job seed), row index)`.
 """
 
@@ -16,7 +16,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import gin
@@ -31,7 +31,7 @@ from lumiere_jax.parallel import multihost
 from lumiere_jax.parallel import partitioning
 from lumiere_jax.sample import applications
 from lumiere_jax.sample import conditions
-from lumiere_jax.sample import outputs
+from lumiere_jax.sample import outputs as outputs_lib
 from lumiere_jax.sample import progress
 from lumiere_jax.sample import rows as rows_lib
 from lumiere_jax.sample import style
@@ -42,6 +42,63 @@ from lumiere_jax.stages import text as text_lib
 from lumiere_jax.stages.diffusion_config import DiffusionConfig
 
 CONDITIONED_MODES = ("i2v", "inpaint", "cinemagraph", "extend")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ModelsConfig:
+    """The models a job samples with: the base STUNet, optionally the SSR, and how their weights are read.
+
+    The base model's checkpoint is the job's `base_checkpoint` (evaluation passes each step's).
+
+    Attributes:
+      base_adapter: the base model (a video or conditional stage).
+      base_diffusion: its schedule (as trained).
+      ssr_adapter: the SSR model; None samples base-resolution videos.
+      ssr_checkpoint: its training run folder, step folder or exported inference checkpoint.
+      ssr_diffusion: its schedule (as trained: resolution-shifted, sample/ssr.gin).
+      use_ssr: False writes base-resolution videos even when an SSR model is configured.
+      use_ema: the checkpoints' EMA weights (else the raw parameters).
+      style_checkpoint: a T2I checkpoint blended into the base model's spatial layers (paper 4.1; style.py).
+      style_alpha: its weight in the blend.
+    """
+
+    base_adapter: adapter_lib.ModelAdapter = gin.REQUIRED
+    base_diffusion: DiffusionConfig = DiffusionConfig()
+    ssr_adapter: adapter_lib.ModelAdapter | None = None
+    ssr_checkpoint: str | None = None
+    ssr_diffusion: DiffusionConfig = DiffusionConfig()
+    use_ssr: bool = True
+    use_ema: bool = True
+    style_checkpoint: str | None = None
+    style_alpha: float = 0.75
+
+    def sampled_ssr_adapter(self) -> adapter_lib.ModelAdapter | None:
+        """The SSR model the job runs, if any; it needs a checkpoint."""
+        if self.ssr_adapter is None or not self.use_ssr:
+            return None
+        if not self.ssr_checkpoint:
+            raise ValueError("an SSR model is configured but ssr_checkpoint is empty; set it, or sample base videos "
+                             "only with --gin.ModelsConfig.use_ssr=False")
+        return self.ssr_adapter
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """How prompts become text embeddings: the vocabulary and the frozen T5's weights.
+
+    Attributes:
+      text_encoder_params_fn: `rng -> params` loading the frozen T5 (`pretrained_text_encoder()`); None: the
+        random init the trainer draws for `train.seed = train_seed`, matching runs that train with a random
+        text encoder.
+      train_seed: that training run's seed.
+      sentencepiece_model: the vocabulary; None: bytes, as ByT5.
+    """
+
+    text_encoder_params_fn: Callable[[jax.Array], Any] | None = None
+    train_seed: int = 0
+    sentencepiece_model: str | None = None
 
 
 @dataclasses.dataclass
@@ -87,9 +144,9 @@ def check_row_fits(row: rows_lib.Row, adapter: adapter_lib.ModelAdapter) -> None
         raise ValueError(f"row {row.id!r} asks for mode {row.mode!r}, which needs a conditional base model "
                          f"(stage='conditional', 7 input channels); the configured base model has stage "
                          f"{adapter.stage!r}. Sample it with a conditional checkpoint, or use mode t2v / sdedit")
-    if adapter.stage not in ("video", "conditional"):
-        raise ValueError(f"the base model must be a video model (stage 'video' or 'conditional'), got stage "
-                         f"{adapter.stage!r}")
+    if adapter.stage not in adapter_lib.BASE_VIDEO_STAGES:
+        raise ValueError(f"the base model must be a video model (stage one of {adapter_lib.BASE_VIDEO_STAGES}), "
+                         f"got stage {adapter.stage!r}; set BASE_STAGE to 'stunet' or 'conditional'")
     if (row.num_frames or adapter.sample_shape[0]) < adapter.sample_shape[0]:
         raise ValueError(f"row {row.id!r} asks for num_frames={row.num_frames}, fewer than the base model's "
                          f"{adapter.sample_shape[0]} frames; sample {adapter.sample_shape[0]} or more and trim")
@@ -154,28 +211,30 @@ def _generate(base_params, base_text_params, ssr_params, ssr_text_params, batch,
 class _Models:
     """Weights of the base (and SSR) stage on the mesh, and one compiled function per static setting."""
 
-    def __init__(self, mesh, rules, base_adapter, base_checkpoint, ssr_adapter, ssr_checkpoint, use_ema,
-                 text_encoder_params_fn, train_seed, style_checkpoint, style_alpha, diffusion, ssr_diffusion, config):
+    def __init__(self, mesh, rules, models: ModelsConfig, base_checkpoint: str, text: TextConfig,
+                 config: applications.SamplingConfig):
         self.mesh, self.config = mesh, config
+        base_adapter, ssr_adapter = models.base_adapter, models.sampled_ssr_adapter()
         self.base_adapter, self.ssr_adapter = base_adapter, ssr_adapter
         self.base_params, self.base_info = weights.load_params(
-            base_checkpoint, weights.abstract_params(base_adapter, mesh, rules), use_ema)
+            base_checkpoint, weights.abstract_params(base_adapter, mesh, rules), models.use_ema)
         self.style_info = None
-        if style_checkpoint:
-            style_params, info = weights.load_params(style_checkpoint, None, use_ema)
-            self.base_params = style.interpolate_spatial(self.base_params, style_params, style_alpha)
-            self.style_info = {**info, "alpha": style_alpha}
+        if models.style_checkpoint:
+            style_params, info = weights.load_params(models.style_checkpoint, None, models.use_ema)
+            self.base_params = style.interpolate_spatial(self.base_params, style_params, models.style_alpha)
+            self.style_info = {**info, "alpha": models.style_alpha}
         self.base_text_params = text_lib.load_text_encoder_params(
-            base_adapter.text_encoder, text_encoder_params_fn, train_seed, mesh, rules)[0]
+            base_adapter.text_encoder, text.text_encoder_params_fn, text.train_seed, mesh, rules)[0]
         self.ssr_params = self.ssr_text_params = self.ssr_info = None
         if ssr_adapter is not None:
             self.ssr_params, self.ssr_info = weights.load_params(
-                ssr_checkpoint, weights.abstract_params(ssr_adapter, mesh, rules), use_ema)
+                models.ssr_checkpoint, weights.abstract_params(ssr_adapter, mesh, rules), models.use_ema)
             same_encoder = ssr_adapter.text_encoder.config == base_adapter.text_encoder.config
             self.ssr_text_params = (self.base_text_params if same_encoder
                                     else text_lib.load_text_encoder_params(
-                                        ssr_adapter.text_encoder, text_encoder_params_fn, train_seed, mesh, rules)[0])
-        self.diffusion, self.ssr_diffusion = diffusion, ssr_diffusion
+                                        ssr_adapter.text_encoder, text.text_encoder_params_fn, text.train_seed,
+                                        mesh, rules)[0])
+        self.diffusion, self.ssr_diffusion = models.base_diffusion, models.ssr_diffusion
 
     def generate(self, batch: dict[str, jax.Array], settings: applications.StaticSettings) -> jax.Array:
         function = _cached_jit(caching.adapter_key(self.base_adapter), caching.adapter_key(self.ssr_adapter),
@@ -220,114 +279,111 @@ def _stack(row_arrays: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 def sample_videos(
     output_dir: str = gin.REQUIRED,
     prompts: str = gin.REQUIRED,
-    base_adapter: adapter_lib.ModelAdapter = gin.REQUIRED,
     base_checkpoint: str = gin.REQUIRED,
-    ssr_adapter: adapter_lib.ModelAdapter | None = None,
-    ssr_checkpoint: str | None = None,
-    use_ssr: bool = True,
+    models: ModelsConfig = gin.REQUIRED,
     sampling: applications.SamplingConfig = applications.SamplingConfig(),
-    diffusion: DiffusionConfig = DiffusionConfig(),
-    ssr_diffusion: DiffusionConfig = DiffusionConfig(),
+    text: TextConfig = TextConfig(),
+    outputs: outputs_lib.OutputConfig = outputs_lib.OutputConfig(),
+    mesh: mesh_lib.MeshConfig = mesh_lib.MeshConfig(),
     batch_size: int = 8,
     seed: int = 0,
-    fps: float = 16.0,
-    write_gif: bool = False,
-    save_arrays: bool = False,
-    use_ema: bool = True,
-    style_checkpoint: str | None = None,
-    style_alpha: float = 0.75,
-    text_encoder_params_fn: Callable[[jax.Array], Any] | None = None,
-    train_seed: int = 0,
-    sentencepiece_model: str | None = None,
-    mesh_shape: Sequence[int] = (-1, 1, 1),
-    dcn_mesh_shape: Sequence[int] | None = None,
-    logical_axis_rules: Sequence[tuple[str, Any]] = mesh_lib.LOGICAL_AXIS_RULES,
     shard_id: int = 0,
     num_shards: int = 1,
-    layout: str = "default",
 ) -> JobResult:
     """Samples one video per row of `prompts` into `output_dir`; see the module docstring and rows.py.
 
-    `base_checkpoint` / `ssr_checkpoint`: training run folders, step folders or exported inference
-    checkpoints. `use_ssr=False` writes base-resolution videos even when an SSR model is configured.
-    `style_checkpoint`: a T2I checkpoint blended into the base model's spatial layers with `style_alpha`.
-    `text_encoder_params_fn(rng)` loads the frozen T5 (default: the random init the trainer draws for
-    `train.seed = train_seed`, matching runs that train with a random text encoder). `batch_size` is global and
-    is rounded up to a multiple of the data-parallel mesh size. `layout`: "default" (files named by row id) or
-    "vbench" (mp4s named as the VBench suite reads them, see outputs.py and vbench.py).
+    `base_checkpoint`: a training run folder, step folder or exported inference checkpoint of
+    `models.base_adapter`. `batch_size` is global and is rounded up to a multiple of the data-parallel mesh size.
     """
     start = time.perf_counter()
     all_rows = rows_lib.read_rows(prompts)
-    row_layout = outputs.make_layout(layout, all_rows, prompts)
+    layout = outputs_lib.make_layout(outputs.layout, all_rows, prompts)
     shard = rows_lib.shard_rows(all_rows, shard_id, num_shards)
     for row in shard:
-        check_row_fits(row, base_adapter)
-    todo = _rows_to_sample(shard, output_dir, row_layout)
+        check_row_fits(row, models.base_adapter)
+    todo = _rows_to_sample(shard, output_dir, layout)
     logging.info("shard %d of %d: %d rows, %d already finished, %d to sample", shard_id, num_shards, len(shard),
                  len(shard) - len(todo), len(todo))
-    ssr_adapter = ssr_adapter if use_ssr else None
-    if ssr_adapter is not None and not ssr_checkpoint:
-        raise ValueError("an SSR model is configured but ssr_checkpoint is empty; set it, or sample base videos "
-                         "only with --gin.sample_videos.use_ssr=False")
-    mesh = mesh_lib.make_mesh(mesh_shape, dcn_mesh_shape)
+    models.sampled_ssr_adapter()  # a missing SSR checkpoint fails before anything is loaded
+    device_mesh = mesh.make_mesh()
+    global_batch = _global_batch_size(batch_size, device_mesh)
+    sidecars = []
+    if todo:
+        with mesh_lib.mesh_context(device_mesh, mesh.rules):
+            loaded = _Models(device_mesh, mesh.rules, models, base_checkpoint, text, sampling)
+            vocabulary = vocab.get_vocabulary(text.sentencepiece_model)
+            run_info = _run_info(loaded, sampling, seed, outputs)
+            if jax.process_index() == 0:
+                storage.write_text_atomic(storage.join(output_dir, "config.gin"), gin.config_str())
+                outputs_lib.write_job_files(output_dir, layout)
+            bar = progress.ProgressBar(len(todo), description=f"sampling shard {shard_id}/{num_shards}")
+            for settings, chunk in _batches(todo, sampling, models.base_adapter, global_batch):
+                sidecars += _run_batch(loaded, chunk, global_batch, settings, vocabulary, seed, output_dir, outputs,
+                                       run_info, first_call=not sidecars, layout=layout)
+                bar.update(len(chunk))
+    seconds = time.perf_counter() - start
+    result = JobResult(rows_in_shard=len(shard), skipped=len(shard) - len(todo), generated=len(todo),
+                       seconds=seconds, sidecars=sidecars)
+    _write_summary(result, len(all_rows), output_dir, shard_id, num_shards)
+    return result
+
+
+def _global_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
+    """`batch_size` rounded up to a multiple of the data-parallel devices."""
     ways = mesh_lib.data_axis_size(mesh)
     global_batch = -(-batch_size // ways) * ways
     if global_batch != batch_size:
         logging.info("batch_size=%d rounded up to %d, a multiple of the %d data-parallel devices", batch_size,
                      global_batch, ways)
-    sidecars = []
-    if todo:
-        rules = tuple(logical_axis_rules)
-        with mesh_lib.mesh_context(mesh, rules):
-            models = _Models(mesh, rules, base_adapter, base_checkpoint, ssr_adapter, ssr_checkpoint, use_ema,
-                             text_encoder_params_fn, train_seed, style_checkpoint, style_alpha, diffusion,
-                             ssr_diffusion, sampling)
-            vocabulary = vocab.get_vocabulary(sentencepiece_model)
-            run_info = {"base_checkpoint": models.base_info, "ssr_checkpoint": models.ssr_info,
-                        "style": models.style_info, "sampling": dataclasses.asdict(sampling),
-                        "diffusion": {"schedule": diffusion.schedule, "schedule_kwargs": diffusion.schedule_kwargs},
-                        "job_seed": seed, "fps": fps, "ssr": ssr_adapter is not None, "layout": layout}
-            if jax.process_index() == 0:
-                storage.write_text_atomic(storage.join(output_dir, "config.gin"), gin.config_str())
-                outputs.write_job_files(output_dir, row_layout)
-            bar = progress.ProgressBar(len(todo), description=f"sampling shard {shard_id}/{num_shards}")
-            groups: dict[applications.StaticSettings, list[rows_lib.Row]] = {}
-            for row in todo:
-                groups.setdefault(row_settings(row, sampling, base_adapter), []).append(row)
-            for settings, group in groups.items():
-                for first in range(0, len(group), global_batch):
-                    chunk = group[first:first + global_batch]
-                    sidecars += _run_batch(models, chunk, global_batch, settings, vocabulary, seed,
-                                           output_dir, fps, write_gif, save_arrays, run_info, first_call=not sidecars,
-                                           layout=row_layout)
-                    bar.update(len(chunk))
-    seconds = time.perf_counter() - start
-    result = JobResult(rows_in_shard=len(shard), skipped=len(shard) - len(todo), generated=len(todo),
-                       seconds=seconds, sidecars=sidecars)
-    summary = {"rows_in_file": len(all_rows), "rows_in_shard": len(shard), "skipped_finished": result.skipped,
-               "generated": result.generated, "seconds": round(seconds, 3),
+    return global_batch
+
+
+def _run_info(models: _Models, sampling: applications.SamplingConfig, job_seed: int,
+              outputs: outputs_lib.OutputConfig) -> dict:
+    """What every sidecar of the job records about its models and settings."""
+    return {"base_checkpoint": models.base_info, "ssr_checkpoint": models.ssr_info, "style": models.style_info,
+            "sampling": dataclasses.asdict(sampling),
+            "diffusion": {"schedule": models.diffusion.schedule, "schedule_kwargs": models.diffusion.schedule_kwargs},
+            "job_seed": job_seed, "fps": outputs.fps, "ssr": models.ssr_adapter is not None, "layout": outputs.layout}
+
+
+def _batches(rows: list[rows_lib.Row], sampling: applications.SamplingConfig, base_adapter: adapter_lib.ModelAdapter,
+             global_batch: int) -> Iterator[tuple[applications.StaticSettings, list[rows_lib.Row]]]:
+    """Rows grouped by their static settings (in order of first appearance), cut into batches of `global_batch`."""
+    groups: dict[applications.StaticSettings, list[rows_lib.Row]] = {}
+    for row in rows:
+        groups.setdefault(row_settings(row, sampling, base_adapter), []).append(row)
+    for settings, group in groups.items():
+        for first in range(0, len(group), global_batch):
+            yield settings, group[first:first + global_batch]
+
+
+def _write_summary(result: JobResult, rows_in_file: int, output_dir: str, shard_id: int, num_shards: int) -> None:
+    """Process 0 writes `summary-<shard>-of-<n>.json`; every process logs it."""
+    seconds = result.seconds
+    summary = {"rows_in_file": rows_in_file, "rows_in_shard": result.rows_in_shard,
+               "skipped_finished": result.skipped, "generated": result.generated, "seconds": round(seconds, 3),
                "rows_per_second": round(result.generated / seconds, 4) if seconds > 0 else None,
                "shard_id": shard_id, "num_shards": num_shards, "output_dir": storage.normalize(output_dir)}
     if jax.process_index() == 0:
         storage.write_json_atomic(storage.join(output_dir, f"summary-{shard_id}-of-{num_shards}.json"), summary)
     logging.info("done: %d generated, %d already finished, %d rows in shard, %.1f s (%s)", result.generated,
                  result.skipped, result.rows_in_shard, seconds, output_dir)
-    return result
 
 
-def _rows_to_sample(shard: list[rows_lib.Row], output_dir: str, layout: outputs.Layout) -> list[rows_lib.Row]:
+def _rows_to_sample(shard: list[rows_lib.Row], output_dir: str, layout: outputs_lib.Layout) -> list[rows_lib.Row]:
     """The shard's rows without finished outputs, as process 0 sees them: every host samples the same batches."""
-    names_in_output_dir = outputs.listed_names(output_dir, layout)
-    unfinished = np.array([not outputs.is_finished(output_dir, row, names_in_output_dir, layout) for row in shard],
-                          bool)
+    names_in_output_dir = outputs_lib.listed_names(output_dir, layout)
+    unfinished = np.array([not outputs_lib.is_finished(output_dir, row, names_in_output_dir, layout)
+                           for row in shard], bool)
     unfinished = multihost.from_first_host(unfinished)
     return [row for row, todo in zip(shard, unfinished) if todo]
 
 
 def _run_batch(models: _Models, chunk: list[rows_lib.Row], global_batch: int,
-               settings: applications.StaticSettings, vocabulary, job_seed: int, output_dir: str, fps: float,
-               write_gif: bool, save_arrays: bool, run_info: dict, first_call: bool,
-               layout: outputs.Layout) -> list[dict]:
+               settings: applications.StaticSettings, vocabulary, job_seed: int, output_dir: str,
+               outputs: outputs_lib.OutputConfig, run_info: dict, first_call: bool,
+               layout: outputs_lib.Layout) -> list[dict]:
     """Samples one padded batch and writes its real rows; returns their sidecars."""
     batch_start = time.perf_counter()
     padded = chunk + [chunk[-1]] * (global_batch - len(chunk))
@@ -355,7 +411,7 @@ def _run_batch(models: _Models, chunk: list[rows_lib.Row], global_batch: int,
             **run_info,
         }
         if jax.process_index() == 0:
-            sidecar = outputs.write_row(output_dir, row, outputs.to_uint8(video), fps, sidecar, write_gif,
-                                        save_arrays, layout=layout)
+            sidecar = outputs_lib.write_row(output_dir, row, outputs_lib.to_uint8(video), outputs.fps, sidecar,
+                                            outputs.write_gif, outputs.save_arrays, layout=layout)
         sidecars.append(sidecar)
     return sidecars

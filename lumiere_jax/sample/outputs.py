@@ -21,6 +21,7 @@ import dataclasses
 import io
 from collections.abc import Mapping, Sequence
 
+import gin
 import numpy as np
 
 from lumiere_jax import storage
@@ -29,6 +30,24 @@ from lumiere_jax.sample import rows as rows_lib
 from lumiere_jax.sample import vbench
 
 LAYOUTS = ("default", "vbench")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    """What a sampling job writes for each row besides its mp4 and sidecar.
+
+    Attributes:
+      fps: frame rate of the mp4 (and gif).
+      write_gif: also an animated GIF.
+      save_arrays: also the exact uint8 frames as `.npy` (what evaluation scores).
+      layout: "default" (files named by row id) or "vbench" (mp4s named as the VBench suite reads them).
+    """
+
+    fps: float = 16.0
+    write_gif: bool = False
+    save_arrays: bool = False
+    layout: str = "default"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """VBench (v1) benchmark layout: prompt-list converter and the file names VBench's evaluator reads.
 
     python -m lumiere_jax.sample.vbench --input VBench_full_info.json --output vbench.jsonl [--dimension scene]
-    python -m lumiere_jax.sample --gin_file=... --gin.PROMPTS=vbench.jsonl --gin.sample_videos.layout=vbench
+    python -m lumiere_jax.sample --gin_file=... --gin.PROMPTS=vbench.jsonl --gin.OutputConfig.layout=vbench
     vbench evaluate --videos_path OUTPUT_DIR/videos --dimension scene
 
 What VBench expects (github.com/Vchitect/VBench):

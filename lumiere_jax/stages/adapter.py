@@ -187,7 +187,7 @@ def check_clip_frames(clip_frames: int, window_frames: int, masks_given: bool) -
         raise ValueError(
             f"condition masks were drawn on clips of {clip_frames} frames but the model sees windows of "
             f"{window_frames}: a window cut from them would not keep the conditioning (e.g. image-to-video's "
-            f"known first frame). Cut the window before drawing masks: seqio_iterator.window_frames = "
+            f"known first frame). Cut the window before drawing masks: ConditionalInputs.window_frames = "
             f"{window_frames} (runs/finetune_conditional.gin binds it to the model's frame count)")
 
 

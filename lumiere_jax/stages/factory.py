@@ -95,8 +95,9 @@ def unet_adapter(
 @gin.configurable
 def adapter_window_frames(adapter: adapter_lib.ModelAdapter = gin.REQUIRED) -> int | None:
     """The frames of one training example of `adapter`'s model (None for images), for the input pipeline:
-    `seqio_iterator.window_frames = @adapter_window_frames()` with `adapter_window_frames.adapter = @unet_adapter()`
-    cuts windows of the model's length before condition masks are drawn."""
+    `ConditionalInputs.window_frames = @adapter_window_frames()` with
+    `adapter_window_frames.adapter = @unet_adapter()` cuts windows of the model's length before condition masks are
+    drawn."""
     return adapter.window_frames
 
 

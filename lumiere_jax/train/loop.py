@@ -1,6 +1,7 @@
 """The training loop, read top to bottom: mesh -> state (restore / init-from / scratch) -> compiled step -> loop.
 
-`train` is the gin entry point that the run files in gin_configs/runs/ configure.
+`train` is the gin entry point that the run files in gin_configs/runs/ configure; its settings come grouped in
+config dataclasses (optimizer, diffusion, checkpoint, mesh, monitor), as flax's `train_and_evaluate(config)`.
 """
 
 from __future__ import annotations
@@ -8,13 +9,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import gin
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from lumiere_jax import faults, storage
 from lumiere_jax.models import param_paths
@@ -27,9 +27,9 @@ from lumiere_jax.stages import text as text_lib
 from lumiere_jax.stages.diffusion_config import DiffusionConfig
 from lumiere_jax.train import checkpoints as checkpoints_lib
 from lumiere_jax.train import metrics as metrics_lib
+from lumiere_jax.train import monitor as monitor_lib
 from lumiere_jax.train import optimizer as optimizer_lib
 from lumiere_jax.train import preemption
-from lumiere_jax.train import previews as samples_lib
 from lumiere_jax.train import state as state_lib
 from lumiere_jax.train import step as step_lib
 
@@ -75,43 +75,23 @@ def train(
     dataset_fn: DatasetFn = gin.REQUIRED,
     num_train_steps: int = gin.REQUIRED,
     global_batch_size: int = gin.REQUIRED,
-    optimizer: optimizer_lib.OptimizerConfig = optimizer_lib.OptimizerConfig(),
-    checkpoint: checkpoints_lib.CheckpointConfig = checkpoints_lib.CheckpointConfig(),
-    diffusion: DiffusionConfig = DiffusionConfig(),
-    mesh_shape: Sequence[int] = (-1, 1, 1),
-    dcn_mesh_shape: Sequence[int] | None = None,
-    num_devices: int | None = None,
-    logical_axis_rules: Sequence[tuple[str, Any]] = mesh_lib.LOGICAL_AXIS_RULES,
-    text_encoder_params_fn: Callable[[jax.Array], Any] | None = None,
     seed: int = 0,
-    log_every_steps: int = 50,
-    eval_every_steps: int = 0,
-    eval_batches: int = 1,
-    eval_time_buckets: int = 4,
-    sample_every_steps: int = 0,
-    sample_count: int = 4,
-    sample_steps: int = 16,
-    sample_guidance_weight: float = 3.0,
-    sample_fps: float = 16.0,
-    max_consecutive_nonfinite: int = 10,
+    text_encoder_params_fn: Callable[[jax.Array], Any] | None = None,
+    optimizer: optimizer_lib.OptimizerConfig = optimizer_lib.OptimizerConfig(),
+    diffusion: DiffusionConfig = DiffusionConfig(),
+    checkpoint: checkpoints_lib.CheckpointConfig = checkpoints_lib.CheckpointConfig(),
+    mesh: mesh_lib.MeshConfig = mesh_lib.MeshConfig(),
+    monitor: monitor_lib.MonitorConfig = monitor_lib.MonitorConfig(),
 ) -> TrainResult:
     """Trains `adapter`'s model on `dataset_fn`'s "train" split into `model_dir`; resumes if it holds checkpoints.
 
-    Evaluation (`eval_every_steps > 0`) and samples (`sample_every_steps > 0`, for the first `sample_count`
-    examples of a batch) use the "validation" split.
+    `monitor` sets the progress reports, and the evaluation and sample videos on the "validation" split.
     `text_encoder_params_fn(rng)` loads the frozen text encoder (default: `adapter.text_encoder.init`).
-    `num_devices` restricts the mesh to the first devices (debugging; None uses all).
     """
     if not model_dir:
         raise ValueError("model_dir is empty; set the MODEL_DIR macro, e.g. --gin.MODEL_DIR=/path/to/run")
-    devices = jax.devices() if num_devices is None else jax.devices()[:num_devices]
-    mesh = mesh_lib.make_mesh(mesh_shape, dcn_mesh_shape, devices)
-    mesh_lib.check_batch_divisible(global_batch_size, mesh)
-    if global_batch_size % jax.process_count():
-        raise ValueError(f"global_batch_size={global_batch_size} must be divisible by the {jax.process_count()} "
-                         "processes")
-    rules = tuple(logical_axis_rules)
-    logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size, jax.process_count())
+    device_mesh = _make_mesh(mesh, global_batch_size)
+    rules = mesh.rules
     # The second key is the text encoder's (stages/text.py rebuilds it for sampling, export and the text cache).
     init_rng, _, step_rng, eval_rng, sample_rng = jax.random.split(jax.random.key(seed), 5)
     learning_rate = optimizer_lib.learning_rate_schedule(optimizer, num_train_steps)
@@ -121,7 +101,7 @@ def train(
     # Parameters and state are built outside the mesh context: placement comes from explicit out_shardings,
     # and flax's init-time constraints (e.g. DenseGeneral's reshaped kernels) need no mesh.
     state, data_state, checkpointer, state_shardings = _build_state(
-        adapter, checkpoint, mesh, rules, tx, use_ema, init_rng, model_dir)
+        adapter, checkpoint, device_mesh, rules, tx, use_ema, init_rng, model_dir)
     start_step = int(state.step)
     if start_step >= num_train_steps:
         logging.info("MODEL_DIR already holds step %d >= num_train_steps=%d; nothing to do", start_step,
@@ -129,36 +109,24 @@ def train(
         checkpointer.close()
         return TrainResult(state=state, history=[], preempted=False)
 
-    with mesh_lib.mesh_context(mesh, rules):
-        num_processes, process = jax.process_count(), jax.process_index()
-        local_batch_size = global_batch_size // num_processes
-        train_iterator = global_arrays.GlobalBatchIterator(
-            dataset_fn("train", local_batch_size, seed, process, num_processes), mesh)
-        data_snapshots = checkpoint.data_snapshots and train_iterator.supports_snapshots
-        if data_state is not None:
-            # The snapshot of the restored step, if usable; otherwise the iterator skips to it (exact, slower).
-            snapshot_dir, require_commit = (checkpointer.data_snapshot_location(start_step) if data_snapshots
-                                            else (None, True))
-            train_iterator.set_state(data_state, snapshot_dir, require_commit)
-
+    with mesh_lib.mesh_context(device_mesh, rules):
+        local_batch_size = global_batch_size // jax.process_count()
+        train_iterator, data_snapshots = _train_iterator(
+            dataset_fn, local_batch_size, seed, device_mesh, checkpoint, checkpointer, data_state, start_step)
         first_batch = next(train_iterator)
-        batch_shardings = jax.tree.map(lambda leaf: leaf.sharding, first_batch)
         text_encoder_params, text_encoder_shardings = _load_text_encoder(
-            adapter, text_encoder_params_fn, seed, mesh, rules, cached="text_embeddings" in first_batch)
-        replicated = partitioning.replicated(mesh)
-        train_step = jax.jit(
+            adapter, text_encoder_params_fn, seed, device_mesh, rules, cached="text_embeddings" in first_batch)
+        compiled_step = _compile_step(
             step_lib.bind_train_step(adapter, diffusion, tx, learning_rate, optimizer.ema_decay if use_ema else 0.0),
-            in_shardings=(state_shardings, batch_shardings, text_encoder_shardings, replicated),
-            out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-        compiled_step = train_step.lower(state, first_batch, text_encoder_params, step_rng).compile()
+            state, state_shardings, first_batch, text_encoder_params, text_encoder_shardings, step_rng, device_mesh)
         throughput = metrics_lib.Throughput(start_step, num_train_steps, global_batch_size,
                                             metrics_lib.compiled_flops(compiled_step))
 
         writer = metrics_lib.create_writer(model_dir)
         _write_operative_config(model_dir, writer, start_step)
-        periodic = _PeriodicTasks(
-            adapter, diffusion, dataset_fn, mesh, writer, model_dir, seed, local_batch_size, eval_rng, sample_rng,
-            eval_batches, eval_time_buckets, sample_count, sample_steps, sample_guidance_weight, sample_fps)
+        reports = monitor_lib.Monitor(
+            monitor, adapter, diffusion, _validation_batches(dataset_fn, local_batch_size, seed, device_mesh),
+            throughput, writer, model_dir, eval_rng, sample_rng)
         watcher = preemption.PreemptionWatcher()
         history, window = [], []
         preempted = False
@@ -173,27 +141,17 @@ def train(
                 step += 1
                 faults.maybe_kill("step", step, jax.process_index())
                 window.append(step_metrics)
-                if step % log_every_steps == 0 or step == num_train_steps:
-                    scalars = _report(step, window, throughput, writer, state)
+                if reports.reports_at(step, num_train_steps):
+                    scalars = reports.report(step, window, state)
                     history.append({"step": step, **scalars})
                     window = []
-                    if scalars["nonfinite_streak"] >= max_consecutive_nonfinite:
-                        raise NonFiniteLossError(
-                            f"stopping at step {step}: {int(scalars['nonfinite_streak'])} consecutive steps had a "
-                            f"non-finite loss or gradient (limit max_consecutive_nonfinite="
-                            f"{max_consecutive_nonfinite}); the last checkpoint holds finite parameters. Lower the "
-                            "learning rate, check the data, or resume with a different seed")
+                    _stop_if_nonfinite(step, scalars, monitor.max_consecutive_nonfinite)
                 preempted = watcher.should_stop(step)
                 if checkpointer.should_save(step) or step == num_train_steps or preempted:
                     params_finite = bool(jax.device_get(step_metrics["params_finite"]))
                     checkpointer.save(step, state, train_iterator.get_state(), params_finite,
                                       train_iterator.save_snapshot if data_snapshots else None)
-                if eval_every_steps and step % eval_every_steps == 0:
-                    periodic.evaluate(step, state.ema_model_params if use_ema else state.params, text_encoder_params)
-                if sample_every_steps and step % sample_every_steps == 0:
-                    periodic.sample(step, state.ema_model_params if use_ema else state.params, text_encoder_params)
-                if periodic.ran_at(step, eval_every_steps, sample_every_steps):
-                    throughput.restart(step)  # rates measure training only
+                reports.validate(step, state.ema_model_params if use_ema else state.params, text_encoder_params)
                 if preempted:
                     logging.warning("preempted: saved step %d, exiting", step)
                     break
@@ -203,6 +161,62 @@ def train(
             writer.flush()
             writer.close()
     return TrainResult(state=state, history=history, preempted=preempted)
+
+
+def _make_mesh(config: mesh_lib.MeshConfig, global_batch_size: int) -> jax.sharding.Mesh:
+    """The device mesh; the global batch must split evenly over its data axes and over the processes."""
+    mesh = config.make_mesh()
+    mesh_lib.check_batch_divisible(global_batch_size, mesh)
+    if global_batch_size % jax.process_count():
+        raise ValueError(f"global_batch_size={global_batch_size} must be divisible by the {jax.process_count()} "
+                         "processes")
+    logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size, jax.process_count())
+    return mesh
+
+
+def _train_iterator(dataset_fn, local_batch_size, seed, mesh, checkpoint, checkpointer, data_state, start_step):
+    """This process's "train" batches as global arrays, at the restored step's position if there is one.
+
+    Returns `(iterator, data_snapshots)`: whether the iterator's snapshots are saved with the checkpoints.
+    """
+    iterator = global_arrays.GlobalBatchIterator(
+        dataset_fn("train", local_batch_size, seed, jax.process_index(), jax.process_count()), mesh)
+    data_snapshots = checkpoint.data_snapshots and iterator.supports_snapshots
+    if data_state is not None:
+        # The snapshot of the restored step, if usable; otherwise the iterator skips to it (exact, slower).
+        snapshot_dir, require_commit = (checkpointer.data_snapshot_location(start_step) if data_snapshots
+                                        else (None, True))
+        iterator.set_state(data_state, snapshot_dir, require_commit)
+    return iterator, data_snapshots
+
+
+def _validation_batches(dataset_fn, local_batch_size, seed, mesh) -> Callable[[int], list[dict]]:
+    """`count -> the first count global batches of the "validation" split` (read in order, the same each time)."""
+
+    def first_batches(count: int) -> list[dict]:
+        iterator = dataset_fn("validation", local_batch_size, seed, jax.process_index(), jax.process_count())
+        return [global_arrays.make_global_batch(next(iterator), mesh) for _ in range(count)]
+
+    return first_batches
+
+
+def _compile_step(train_step_fn, state, state_shardings, batch, text_encoder_params, text_encoder_shardings,
+                  step_rng, mesh):
+    """The train step compiled for the first batch's shapes and shardings; the state's buffers are donated."""
+    batch_shardings = jax.tree.map(lambda leaf: leaf.sharding, batch)
+    replicated = partitioning.replicated(mesh)
+    train_step = jax.jit(train_step_fn, in_shardings=(state_shardings, batch_shardings, text_encoder_shardings,
+                                                      replicated),
+                         out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+    return train_step.lower(state, batch, text_encoder_params, step_rng).compile()
+
+
+def _stop_if_nonfinite(step: int, scalars: dict[str, float], max_consecutive_nonfinite: int) -> None:
+    if scalars["nonfinite_streak"] >= max_consecutive_nonfinite:
+        raise NonFiniteLossError(
+            f"stopping at step {step}: {int(scalars['nonfinite_streak'])} consecutive steps had a non-finite loss "
+            f"or gradient (limit max_consecutive_nonfinite={max_consecutive_nonfinite}); the last checkpoint holds "
+            "finite parameters. Lower the learning rate, check the data, or resume with a different seed")
 
 
 def _load_text_encoder(adapter, text_encoder_params_fn, seed, mesh, rules, cached: bool):
@@ -263,64 +277,9 @@ def _initial_state(init_params, checkpoint, init_rng, tx, use_ema, mask, param_s
     return create(trainable, frozen)
 
 
-def _report(step, window, throughput, writer, state) -> dict[str, float]:
-    scalars = metrics_lib.summarize(window)
-    scalars["nonfinite_total"] = float(jax.device_get(state.nonfinite_total))
-    scalars.update(throughput.report(step))
-    writer.write_scalars(step, {f"train/{name}": value for name, value in scalars.items()})
-    logging.info("%s", throughput.progress_line(step, scalars))
-    return scalars
-
-
 def _write_operative_config(model_dir: str, writer, step: int) -> None:
     """Saves the gin bindings this run actually used (T5X's operative config) to MODEL_DIR and TensorBoard."""
     config = gin.operative_config_str()
     if jax.process_index() == 0:
         storage.write_text_atomic(storage.join(model_dir, "operative_config.gin"), config)
     writer.write_texts(step, {"config/operative": "\n".join("    " + line for line in config.splitlines())})
-
-
-class _PeriodicTasks:
-    """Held-out loss by diffusion-time bucket, and sample videos, on the validation split."""
-
-    def __init__(self, adapter, diffusion, dataset_fn, mesh, writer, model_dir, seed, local_batch_size, eval_rng,
-                 sample_rng, eval_batches, eval_time_buckets, sample_count, sample_steps, sample_guidance_weight,
-                 sample_fps):
-        self.dataset_fn, self.mesh, self.writer, self.model_dir = dataset_fn, mesh, writer, model_dir
-        self.seed, self.local_batch_size = seed, local_batch_size
-        self.eval_rng, self.sample_rng = eval_rng, sample_rng
-        self.eval_batches, self.buckets, self.fps = eval_batches, eval_time_buckets, sample_fps
-        self.eval_fn = jax.jit(lambda params, batch, te, rng: step_lib.eval_step(
-            params, batch, te, rng, adapter=adapter, config=diffusion, num_buckets=eval_time_buckets))
-        self.sample_fn = jax.jit(lambda params, batch, te, rng: samples_lib.generate(
-            params, jax.tree.map(lambda leaf: leaf[:sample_count], batch), te, rng, adapter=adapter,
-            config=diffusion, num_steps=sample_steps, guidance_weight=sample_guidance_weight))
-
-    @staticmethod
-    def ran_at(step: int, eval_every_steps: int, sample_every_steps: int) -> bool:
-        return bool((eval_every_steps and step % eval_every_steps == 0) or
-                    (sample_every_steps and step % sample_every_steps == 0))
-
-    def _validation_batches(self, count: int):
-        iterator = self.dataset_fn("validation", self.local_batch_size, self.seed, jax.process_index(),
-                                   jax.process_count())
-        return [global_arrays.make_global_batch(next(iterator), self.mesh) for _ in range(count)]
-
-    def evaluate(self, step: int, params, text_encoder_params) -> None:
-        losses = [self.eval_fn(params, batch, text_encoder_params, jax.random.fold_in(self.eval_rng, index))
-                  for index, batch in enumerate(self._validation_batches(self.eval_batches))]
-        by_bucket = np.mean(np.asarray(jax.device_get(losses)), axis=0)
-        scalars = {f"eval/loss_t{k / self.buckets:.2f}-{(k + 1) / self.buckets:.2f}": float(value)
-                   for k, value in enumerate(by_bucket)}
-        scalars["eval/loss"] = float(np.mean(by_bucket))
-        self.writer.write_scalars(step, scalars)
-        logging.info("eval at step %d: loss %.4f by t bucket %s", step, scalars["eval/loss"],
-                     np.round(by_bucket, 4).tolist())
-
-    def sample(self, step: int, params, text_encoder_params) -> None:
-        (batch,) = self._validation_batches(1)
-        videos = self.sample_fn(params, batch, text_encoder_params, self.sample_rng)
-        frames = samples_lib.to_uint8_frames(multihost_utils.process_allgather(videos, tiled=True))
-        self.writer.write_images(step, {"samples": samples_lib.filmstrips(frames)})
-        if jax.process_index() == 0:
-            samples_lib.write_videos(storage.join(self.model_dir, "samples"), step, frames, self.fps)

@@ -21,6 +21,7 @@ import tensorflow as tf
 from lumiere_jax import storage
 from lumiere_jax.data import text_cache
 from lumiere_jax.data.feature_converter import VideoFeatureConverter
+from lumiere_jax.parallel import mesh as mesh_lib
 from lumiere_jax.stages import factory as stages
 from lumiere_jax.stages.diffusion_config import DiffusionConfig
 from lumiere_jax.train import inputs
@@ -49,9 +50,9 @@ def encoder():
     return text_cache.load_text_encoder("tiny", None, "float32", train_seed=0)
 
 
-def cached_iterator(cache_dir, **overrides):
-    kwargs = dict(mixture_or_task_name=TASK, text_length=TEXT_LENGTH, register_synthetic_motion=False,
-                  text_cache_dir=cache_dir, text_encoder="tiny", shuffle=False)
+def cached_iterator(cache_dir, text_encoder="tiny", t5_dir=None, **overrides):
+    kwargs = dict(mixture_or_task_name=TASK, text_length=TEXT_LENGTH, synthetic_motion=None,
+                  text_cache=inputs.TextCacheConfig(cache_dir, text_encoder, t5_dir), shuffle=False)
     kwargs.update(overrides)
     return inputs.seqio_iterator(SPLIT, BATCH, 0, 0, 1, **kwargs)
 
@@ -88,7 +89,7 @@ def test_cached_embeddings_equal_the_encoder_output(cache_dir, encoder, syntheti
 
     # Pixels and tokens are the original task's (16 stored frames = 16 sampled, so frames are deterministic).
     original = inputs.seqio_iterator(SPLIT, BATCH, 0, 0, 1, mixture_or_task_name=TASK, text_length=TEXT_LENGTH,
-                                     register_synthetic_motion=False, shuffle=False)
+                                     synthetic_motion=None, shuffle=False)
     expected = {}
     for _ in range(64 // BATCH):
         batch = next(original)
@@ -106,13 +107,13 @@ def test_mismatched_encoder_or_length_fails_naming_the_fix(cache_dir):
             cached_iterator(cache_dir, **overrides)
     with pytest.raises(ValueError, match="text_encoder_weights: cache has 'random init \\(train seed 0\\)'"):
         inputs.seqio_iterator(SPLIT, BATCH, 1, 0, 1, mixture_or_task_name=TASK, text_length=TEXT_LENGTH,
-                              register_synthetic_motion=False, text_cache_dir=cache_dir, text_encoder="tiny")
+                              synthetic_motion=None, text_cache=inputs.TextCacheConfig(cache_dir, "tiny"))
     with pytest.raises(ValueError, match="no complete 'train' split"):
         inputs.seqio_iterator("train", BATCH, 0, 0, 1, mixture_or_task_name=TASK, text_length=TEXT_LENGTH,
-                              register_synthetic_motion=False, text_cache_dir=cache_dir, text_encoder="tiny")
+                              synthetic_motion=None, text_cache=inputs.TextCacheConfig(cache_dir, "tiny"))
     with pytest.raises(ValueError, match="no complete text cache"):
         cached_iterator(cache_dir, mixture_or_task_name="synthetic_motion_image_tiny")
-    with pytest.raises(ValueError, match="bind seqio_iterator.text_encoder"):
+    with pytest.raises(ValueError, match="bind TextCacheConfig.text_encoder"):
         cached_iterator(cache_dir, text_encoder=None)
 
 
@@ -217,7 +218,7 @@ def test_shards_are_dealt_round_robin_and_empty_ones_dropped(tmp_path):
 def test_trainer_from_cache_never_loads_the_text_encoder(cache_dir, tmp_path, classic_threefry):
     """A run on cached embeddings trains, evaluates and checkpoints without the T5 weights: the loader given
     to the trainer fails if it is called."""
-    from lumiere_jax.train import loop  # noqa: PLC0415 -- only this test needs the trainer
+    from lumiere_jax.train import loop, monitor  # noqa: PLC0415 -- only this test needs the trainer
 
     def refuse_to_load(rng):
         raise AssertionError("the text encoder was loaded although batches carry cached embeddings")
@@ -225,13 +226,14 @@ def test_trainer_from_cache_never_loads_the_text_encoder(cache_dir, tmp_path, cl
     def dataset_fn(split, batch_size, seed, shard_index, num_shards):
         del split  # only the validation split is cached here
         return inputs.seqio_iterator(SPLIT, batch_size, seed, shard_index, num_shards, mixture_or_task_name=TASK,
-                                     text_length=TEXT_LENGTH, register_synthetic_motion=False,
-                                     text_cache_dir=cache_dir, text_encoder="tiny")
+                                     text_length=TEXT_LENGTH, synthetic_motion=None,
+                                     text_cache=inputs.TextCacheConfig(cache_dir, "tiny"))
 
     adapter = stages.unet_adapter(stage="t2i", size="tiny", text_encoder_preset="tiny", text_length=TEXT_LENGTH)
     result = loop.train(model_dir=str(tmp_path / "run"), adapter=adapter, dataset_fn=dataset_fn, num_train_steps=3,
-                        global_batch_size=4, num_devices=1, text_encoder_params_fn=refuse_to_load,
-                        log_every_steps=1, eval_every_steps=3)
+                        global_batch_size=4, text_encoder_params_fn=refuse_to_load,
+                        mesh=mesh_lib.MeshConfig(num_devices=1),
+                        monitor=monitor.MonitorConfig(log_every_steps=1, evaluation=monitor.EvalConfig(every_steps=3)))
     assert int(result.state.step) == 3
     losses = [value for entry in result.history for key, value in entry.items() if key.endswith("loss")]
     assert len(losses) >= 3 and np.all(np.isfinite(losses))

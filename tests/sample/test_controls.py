@@ -134,7 +134,7 @@ def controls_job(tmp_path_factory, tiny_models, condition_files):
     ]
     prompts = write_rows(os.fspath(root / "rows.jsonl"), rows)
     output_dir = os.fspath(root / "out")
-    assert cli.main(sample_argv(gin_file, prompts, output_dir, models, "--gin.sample_videos.use_ssr=False",
+    assert cli.main(sample_argv(gin_file, prompts, output_dir, models, "--gin.ModelsConfig.use_ssr=False",
                                 "--gin.SamplingConfig.replace_known=True",
                                 "--gin.SamplingConfig.threshold_percentile=None")) == 0
     return output_dir

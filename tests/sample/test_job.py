@@ -36,7 +36,7 @@ def run_cli(*argv):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_models, condition_files):
     root = tmp_path_factory.mktemp("job")
-    gin_file = write_gin(os.fspath(root / "tiny.gin"), ("sample_videos.write_gif = True",))
+    gin_file = write_gin(os.fspath(root / "tiny.gin"), ("OutputConfig.write_gif = True",))
     prompts = write_rows(os.fspath(root / "rows.jsonl"), all_rows(condition_files))
     return {"root": root, "gin": gin_file, "prompts": prompts, "models": tiny_models}
 
@@ -144,7 +144,7 @@ def test_base_only_with_known_content_replacement(setup, condition_files):
     """`replace_known` pins every M = 1 pixel to C (a sampler-side guarantee, independent of the weights)."""
     output_dir = os.fspath(setup["root"] / "base_only")
     prompts = write_rows(os.fspath(setup["root"] / "conditioned.jsonl"), all_rows(condition_files)[1:4])
-    run_cli(*sample_argv(setup["gin"], prompts, output_dir, setup["models"], "--gin.sample_videos.use_ssr=False",
+    run_cli(*sample_argv(setup["gin"], prompts, output_dir, setup["models"], "--gin.ModelsConfig.use_ssr=False",
                          "--gin.SamplingConfig.replace_known=True"))
     image = outputs.to_uint8(conditions.fit_image(condition_files["image_array"], SIZE, SIZE)).astype(int)
     video = conditions.fit_video(video_io.read_video(condition_files["video"])[0], SIZE, SIZE)
@@ -214,7 +214,7 @@ def test_style_job_blends_spatial_weights(setup, full_job, tiny_models, tmp_path
     prompts = write_rows(os.fspath(tmp_path / "rows.jsonl"), [{"prompt": "a red circle moving right", "id": "t2v"}])
     styled, reference = os.fspath(tmp_path / "styled"), os.fspath(tmp_path / "reference")
     run_cli(*sample_argv(setup["gin"], prompts, styled, setup["models"],
-                         f"--gin.sample_videos.style_checkpoint={style_dir}", "--gin.sample_videos.style_alpha=1.0"))
+                         f"--gin.ModelsConfig.style_checkpoint={style_dir}", "--gin.ModelsConfig.style_alpha=1.0"))
     run_cli(*sample_argv(setup["gin"], prompts, reference, setup["models"], f"--gin.BASE_CHECKPOINT={blended_dir}"))
     np.testing.assert_array_equal(frames_of(styled, "t2v"), frames_of(reference, "t2v"))
     assert not np.array_equal(frames_of(styled, "t2v"), frames_of(full_job, "t2v"))
@@ -228,5 +228,5 @@ def test_conditioned_modes_need_a_conditional_model(setup, condition_files, tmp_
     prompts = write_rows(os.fspath(tmp_path / "rows.jsonl"), all_rows(condition_files)[1:2])
     with pytest.raises(ValueError, match="needs a conditional base model"):
         job.sample_videos(output_dir=os.fspath(tmp_path / "out"), prompts=prompts,
-                          base_adapter=make_adapter("stunet", base_config(in_channels=3)),
+                          models=job.ModelsConfig(base_adapter=make_adapter("stunet", base_config(in_channels=3))),
                           base_checkpoint=setup["models"]["base_dir"])

@@ -49,7 +49,7 @@ def bucket_job(tmp_path_factory, tiny_models, condition_files, gcs_emulator):
 
 
 def run_base_only(setup, prompts, output_dir, models):
-    assert cli.main(sample_argv(setup["gin"], prompts, output_dir, models, "--gin.sample_videos.use_ssr=False")) == 0
+    assert cli.main(sample_argv(setup["gin"], prompts, output_dir, models, "--gin.ModelsConfig.use_ssr=False")) == 0
 
 
 def test_sampling_from_and_to_gcs(bucket_job, tiny_models, gcs_emulator, tmp_path, monkeypatch):

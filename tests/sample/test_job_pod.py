@@ -21,7 +21,7 @@ def run_pod(bucket_job, gcs_emulator, prompts, output_dir, log_dir):  # noqa: F8
     env = {**gcs_emulator.env, "PYTHONPATH": os.pathsep.join([HERE, pod_harness.REPO])}
     pod = pod_harness.launch("lumiere_jax.sample", [
         *sample_argv(bucket_job["gin"], prompts, output_dir, bucket_job["models"],
-                     "--gin.sample_videos.use_ssr=False"), "--compilation_cache_dir="], env, log_dir)
+                     "--gin.ModelsConfig.use_ssr=False"), "--compilation_cache_dir="], env, log_dir)
     assert pod.wait(timeout=300) == [0, 0], pod.log(0)[-3000:] + pod.log(1)[-3000:]
     return pod
 
@@ -43,7 +43,7 @@ def test_two_hosts_write_each_row_once_and_agree_on_what_is_left(bucket_job, gcs
     # The same rows from one process: the same pixels (the pod split the batch over 8 devices).
     single_dir = os.fspath(tmp_path / "single")
     assert cli.main(sample_argv(bucket_job["gin"], prompts, single_dir, bucket_job["models"],
-                                "--gin.sample_videos.use_ssr=False")) == 0
+                                "--gin.ModelsConfig.use_ssr=False")) == 0
     for row in five:
         from_pod = np.load(io.BytesIO(client.blob(f"pod_videos/{row['id']}.npy").download_as_bytes()))
         np.testing.assert_array_equal(from_pod, np.load(os.path.join(single_dir, f"{row['id']}.npy")))

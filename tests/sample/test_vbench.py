@@ -107,7 +107,7 @@ def test_job_writes_vbench_names_and_resumes(tmp_path, tiny_models):
     vbench.convert(source, prompts, samples_per_prompt=2)
     output_dir = os.fspath(tmp_path / "out")
     argv = sample_argv(write_gin(os.fspath(tmp_path / "tiny.gin")), prompts, output_dir, tiny_models,
-                       "--gin.sample_videos.layout=vbench", "--gin.sample_videos.use_ssr=False")
+                       "--gin.OutputConfig.layout=vbench", "--gin.ModelsConfig.use_ssr=False")
     assert cli.main(argv) == 0
     names = [f"{prompt}-{sample}.mp4" for prompt in ("a red circle moving right",
                                                       "a tranquil tableau of a caf\u00e9's fa\u00e7ade, in the style "
@@ -140,7 +140,7 @@ def test_job_writes_vbench_names_to_a_bucket(tmp_path, tiny_models, gcs_emulator
     vbench.convert(write(tmp_path / "list.txt", "\n".join(prompts) + "\n"), f"{bucket}/vbench.jsonl",
                    samples_per_prompt=1)
     argv = sample_argv(write_gin(os.fspath(tmp_path / "tiny.gin")), f"{bucket}/vbench.jsonl", f"{bucket}/out",
-                       tiny_models, "--gin.sample_videos.layout=vbench", "--gin.sample_videos.use_ssr=False")
+                       tiny_models, "--gin.OutputConfig.layout=vbench", "--gin.ModelsConfig.use_ssr=False")
     assert cli.main(argv) == 0
     videos = sorted(name for name in gcs_emulator.objects(bucket, "out/videos/"))
     assert videos == sorted(f"out/videos/{prompt}-0.mp4" for prompt in prompts)

@@ -124,7 +124,7 @@ def write_gin(path: str, extra: tuple[str, ...] = ()) -> str:
     """A sampling config for the tiny base (conditional) + SSR models: the shipped files plus model bindings."""
     lines = ["include 'sample/ssr.gin'", "include 'sample/cpu_tiny.gin'", "BASE_STAGE = 'conditional'",
              "TEXT_LENGTH = 8", "SamplingConfig.num_steps = 2", "SamplingConfig.ssr_num_steps = 2",
-             "sample_videos.save_arrays = True", *unet_bindings("base", base_config()),
+             "OutputConfig.save_arrays = True", *unet_bindings("base", base_config()),
              *unet_bindings("ssr", ssr_config()), *extra]
     with open(path, "w") as file:
         file.write("\n".join(lines) + "\n")

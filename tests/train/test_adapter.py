@@ -80,7 +80,7 @@ def test_conditional_stage_refuses_masks_of_longer_clips():
     known[:, 0] = 1.0
     batch = {"video": VIDEO, "condition": VIDEO * known, "condition_mask": known}
     with pytest.raises(ValueError, match="drawn on clips of 6 frames but the model sees windows of 4.*"
-                                         "seqio_iterator.window_frames = 4"):
+                                         "ConditionalInputs.window_frames = 4"):
         adapter.inputs_from_batch(jax.tree.map(jnp.asarray, batch), jax.random.key(4))
 
 

@@ -18,7 +18,7 @@ def run(cli_env, model_dir, data_dir, fault=None):
     env = {**cli_env, **({"LUMIERE_FAULT": fault} if fault else {})}
     return subprocess.run(
         [sys.executable, "-m", "lumiere_jax.train", f"--gin_file={os.path.join(HERE, 'toy_run.gin')}",
-         f"--gin.MODEL_DIR={model_dir}", f"--gin.seqio_iterator.data_dir={data_dir}",
+         f"--gin.MODEL_DIR={model_dir}", f"--gin.SyntheticMotionConfig.data_dir={data_dir}",
          f"--gin.train.num_train_steps={STEPS}", "--gin.CheckpointConfig.save_every_steps=2"],
         env=env, capture_output=True, text=True, timeout=300)
 

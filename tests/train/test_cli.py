@@ -23,7 +23,7 @@ TOY_GIN = os.path.join(os.path.dirname(__file__), "toy_run.gin")
 
 def command(model_dir, data_dir, *extra):
     return [sys.executable, "-m", "lumiere_jax.train", f"--gin_file={TOY_GIN}", f"--gin.MODEL_DIR={model_dir}",
-            f"--gin.seqio_iterator.data_dir={data_dir}", *extra]
+            f"--gin.SyntheticMotionConfig.data_dir={data_dir}", *extra]
 
 
 def run_cli(env, *args, check=True):

@@ -16,7 +16,7 @@ def parse_conditional_gin(data_dir, *bindings):
     """runs/finetune_conditional.gin + runs/cpu_tiny.gin (8-frame model, 16-frame clips) with `bindings`."""
     args = argparse.Namespace(
         gin_search_paths=[], gin_file=["runs/finetune_conditional.gin", "runs/cpu_tiny.gin"], gin_bindings=[],
-        gin_overrides=[f"seqio_iterator.data_dir = {data_dir!r}", "MODEL_DIR = 'unused'",
+        gin_overrides=[f"SyntheticMotionConfig.data_dir = {data_dir!r}", "MODEL_DIR = 'unused'",
                        "STUNET_CHECKPOINT = 'unused'", *bindings])
     gin_cli.parse_gin(args)
 
@@ -24,7 +24,8 @@ def parse_conditional_gin(data_dir, *bindings):
 @pytest.fixture
 def conditional_gin(synthetic_tiny_dir):
     """The shipped conditional config with image-to-video and cinemagraph masks only."""
-    parse_conditional_gin(synthetic_tiny_dir, "seqio_iterator.mask_rates = {'inpainting': 0.0, 'unconditional': 0.0}")
+    parse_conditional_gin(synthetic_tiny_dir,
+                          "ConditionalInputs.mask_rates = {'inpainting': 0.0, 'unconditional': 0.0}")
     yield
     gin.clear_config()
 

@@ -14,9 +14,11 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 import toy
+from lumiere_jax.parallel import mesh as mesh_lib
 from lumiere_jax.stages.diffusion_config import DiffusionConfig
 from lumiere_jax.train import checkpoints as checkpoints_lib
 from lumiere_jax.train import loop
+from lumiere_jax.train import monitor as monitor_lib
 from lumiere_jax.train import optimizer as optimizer_lib
 
 NUM_STEPS = 8
@@ -30,7 +32,8 @@ def run(model_dir, mesh_shape, num_devices, **overrides):
         optimizer=optimizer_lib.OptimizerConfig(learning_rate=3e-3, warmup_steps=2, decay="constant", ema_decay=0.9),
         checkpoint=checkpoints_lib.CheckpointConfig(save_every_steps=2, keep_last=10, async_save=True),
         diffusion=DiffusionConfig(text_dropout_rate=0.2),
-        mesh_shape=mesh_shape, num_devices=num_devices, log_every_steps=1, seed=3)
+        mesh=mesh_lib.MeshConfig(mesh_shape, num_devices=num_devices),
+        monitor=monitor_lib.MonitorConfig(log_every_steps=1), seed=3)
     kwargs.update(overrides)
     return loop.train(**kwargs)
 
@@ -38,8 +41,10 @@ def run(model_dir, mesh_shape, num_devices, **overrides):
 @pytest.fixture(scope="module")
 def sharded_run(tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("sharded"))
-    result = run(model_dir, (2, 2, 2), 8, eval_every_steps=NUM_STEPS, eval_time_buckets=2,
-                 sample_every_steps=NUM_STEPS, sample_count=3, sample_steps=2, sample_guidance_weight=2.0)
+    monitor = monitor_lib.MonitorConfig(
+        log_every_steps=1, evaluation=monitor_lib.EvalConfig(every_steps=NUM_STEPS, time_buckets=2),
+        previews=monitor_lib.PreviewConfig(every_steps=NUM_STEPS, count=3, num_steps=2, guidance_weight=2.0))
+    result = run(model_dir, (2, 2, 2), 8, monitor=monitor)
     return model_dir, result
 
 
@@ -77,7 +82,8 @@ def test_nan_batch_is_skipped_and_never_saved(sharded_run):
 def test_consecutive_nonfinite_steps_stop_training(tmp_path):
     # Batches 2, 3, 4 (steps 3, 4, 5) are NaN: the third in a row stops the run at step 5.
     with pytest.raises(loop.NonFiniteLossError, match="stopping at step 5: 3 consecutive steps had a non-finite"):
-        run(str(tmp_path / "nan"), (1, 1, 1), 1, max_consecutive_nonfinite=3,
+        run(str(tmp_path / "nan"), (1, 1, 1), 1,
+            monitor=monitor_lib.MonitorConfig(log_every_steps=1, max_consecutive_nonfinite=3),
             dataset_fn=lambda *args: toy.ToyIterator(*args, nan_at=range(2, 100)))
     checkpoints_dir = tmp_path / "nan" / "checkpoints"
     saved = sorted(int(name) for name in os.listdir(checkpoints_dir) if name.isdigit())
@@ -137,7 +143,8 @@ def test_checkpoints_carry_input_snapshots(tmp_path):
     checkpoint = checkpoints_lib.CheckpointConfig(save_every_steps=1, keep_last=2, async_save=True)
 
     def train(num_steps, **overrides):
-        run(model_dir, (1, 1, 1), 1, num_train_steps=num_steps, log_every_steps=num_steps,
+        run(model_dir, (1, 1, 1), 1, num_train_steps=num_steps,
+            monitor=monitor_lib.MonitorConfig(log_every_steps=num_steps),
             checkpoint=dataclasses.replace(checkpoint, **overrides),
             dataset_fn=lambda *args: SnapshotToyIterator(*args, log=log))
 

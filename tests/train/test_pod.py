@@ -27,8 +27,8 @@ def start_training(pod_env, model_dir, log_dir, num_train_steps, *overrides, fau
     env = {**pod_env, **({"LUMIERE_FAULT": fault} if fault else {})}
     return pod_harness.launch("lumiere_jax.train", [
         f"--gin_file={os.path.join(HERE, 'toy_run.gin')}", f"--gin.MODEL_DIR={model_dir}",
-        f"--gin.seqio_iterator.data_dir={pod_env['DATA_DIR']}", f"--gin.train.num_train_steps={num_train_steps}",
-        "--gin.train.mesh_shape=(2, 4, 1)", "--gin.train.global_batch_size=8",
+        f"--gin.SyntheticMotionConfig.data_dir={pod_env['DATA_DIR']}", f"--gin.train.num_train_steps={num_train_steps}",
+        "--gin.MeshConfig.shape=(2, 4, 1)", "--gin.train.global_batch_size=8",
         f"--compilation_cache_dir={pod_env['CACHE_DIR']}", *overrides], env, str(log_dir))
 
 

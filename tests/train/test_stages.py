@@ -32,7 +32,7 @@ def train_stage(env, data_dir, model_dir, run_file, *overrides):
     micro = [f"--gin_file={MICRO}"] + ([] if run_file in image_runs else [f"--gin_file={MICRO_VIDEO}"])
     result = subprocess.run(
         [sys.executable, "-m", "lumiere_jax.train", f"--gin_file=runs/{run_file}", "--gin_file=runs/cpu_tiny.gin",
-         *micro, f"--gin.MODEL_DIR={model_dir}", f"--gin.seqio_iterator.data_dir={data_dir}", *overrides],
+         *micro, f"--gin.MODEL_DIR={model_dir}", f"--gin.SyntheticMotionConfig.data_dir={data_dir}", *overrides],
         env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     losses = {int(step): float(loss) for step, loss in STEP_LINE.findall(result.stderr)}
