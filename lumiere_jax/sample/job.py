@@ -6,8 +6,9 @@ grouped by their static settings (`applications.StaticSettings`: steps, SDEdit s
 length), cut into global batches (padded by repeating the last row), run through one jitted function sharded
 over the mesh (batch over the data axes, parameters by their logical axes), gathered, and written by process 0.
 Rerunning the same command skips finished rows, so a killed job completes where it stopped. Prompt files,
-condition files, checkpoints and OUTPUT_DIR may be local or `gs://` (lumiere_jax/storage.py). Every row's randomness comes from its own key:
-`PRNGKey(row seed)` if the row gives one, else `fold_in(PRNGKey(job seed), row index)`.
+condition files, checkpoints and OUTPUT_DIR may be local or `gs://` (lumiere_jax/storage.py). Every row's
+randomness comes from its own key: `PRNGKey(row seed)` if the row gives one, else
+`fold_in(PRNGKey(job seed), row index)`.
 """
 
 from __future__ import annotations
