@@ -7,8 +7,9 @@ T2I, STUNet and SSR are the same `UNet` module with different configs:
   SSR:    `low_res_channels=3` (low-res frames upsampled and concatenated, noise-augmentation level
           embedded) and `temporal=TemporalConfig(resampling=False)`: runs on windows of T' frames.
 
-gin binds these dataclasses only (see gin_configs/models/); the preset functions below hold the same
-values in Python for tests and `param_counts`.
+The presets below are the one source of the shipped sizes: run files pick one by name (`MODEL_SIZE`, i.e.
+`unet_adapter.size`). A model of your own is written in gin as `unet_adapter.model_config = @UNetConfig()`
+with `UNetConfig.*` (and `TemporalConfig.*`) bindings, or as preset fields changed by `unet_adapter.overrides`.
 
 Preset sizes (our choice; the paper gives no architecture numbers beyond "Imagen base, 128x128, 80 frames"):
   tiny:  CPU tests, 32x32, base 32 channels, 2 down-samplings.

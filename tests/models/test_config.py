@@ -1,6 +1,4 @@
-"""Presets: gin files equal the Python presets; parameter counts split into T2I and temporal consistently."""
-
-import pathlib
+"""Presets and gin-written models reach the stage factory; parameter counts split into T2I and temporal."""
 
 import gin
 import pytest
@@ -8,21 +6,36 @@ import pytest
 from lumiere_jax.models import config as model_config
 from lumiere_jax.models.param_counts import count_parameters
 
-GIN_DIR = pathlib.Path(__file__).resolve().parents[2] / "gin_configs" / "models"
-PRESETS = {"t2i": model_config.t2i_config, "stunet": model_config.stunet_config,
-           "ssr": model_config.ssr_config, "conditional": model_config.conditional_config}
 
 
-@pytest.mark.parametrize("size", model_config.PRESET_SIZES)
-@pytest.mark.parametrize("kind", sorted(PRESETS))
-def test_gin_file_equals_python_preset(kind, size):
+def test_gin_bound_config_reaches_the_stage_factory():
+    """A model written in gin (`unet_adapter.model_config = @UNetConfig()` and its fields) replaces the preset."""
+    from lumiere_jax.stages import factory  # noqa: PLC0415 -- registers unet_adapter with gin
+
     gin.clear_config()
     try:
-        gin.parse_config_file(str(GIN_DIR / f"{kind}_{size}.gin"))
-        assert model_config.UNetConfig() == PRESETS[kind](size)
+        gin.parse_config("""
+            unet_adapter.stage = 't2i'
+            unet_adapter.model_config = @UNetConfig()
+            UNetConfig.image_size = 16
+            UNetConfig.base_channels = 16
+            UNetConfig.channel_multipliers = (1, 2)
+            UNetConfig.num_res_blocks = 1
+            UNetConfig.attention_levels = (1,)
+            UNetConfig.cross_attention_levels = (1,)
+            UNetConfig.num_heads = 2
+            UNetConfig.norm_groups = 8
+            UNetConfig.embed_dim = 32
+            UNetConfig.text_embed_dim = 32
+            UNetConfig.text_length = 8
+            UNetConfig.temporal = None
+        """)
+        adapter = factory.unet_adapter()
     finally:
         gin.clear_config()
-    assert model_config.UNetConfig() == model_config.UNetConfig(temporal=None)  # Bindings gone.
+    assert adapter.sample_shape == (16, 16, 3)
+    assert adapter.module.config.base_channels == 16 and adapter.module.config.channel_multipliers == (1, 2)
+    assert adapter.module.config != model_config.t2i_config("tiny")
 
 
 def test_tiny_parameter_counts_split():
