@@ -31,8 +31,7 @@ import time
 import numpy as np
 
 # Tiny pipeline (our choice): base clips of 32x32 frames cut from the tiny dataset's 16-frame clips, SSR to
-# 64x64 on 4-frame windows (trained on the `small` synthetic config, 64x64).
-SSR_OVERRIDES = "{'image_size': 64, 'low_res_size': 32}"
+# 64x64 on 4-frame windows (trained on the `small` synthetic config, 64x64): runs/demo_sr.gin, sample/demo.gin.
 
 TEXT_TO_VIDEO_PROMPTS = (
     "a red circle moving quickly to the right on a blue background",
@@ -145,8 +144,7 @@ def sample_command(prompts: str, output_dir: str, stage: str, base_checkpoint: s
             f"--gin.BASE_STAGE={stage}", f"--gin.SamplingConfig.num_steps={steps.base_sampling}",
             f"--gin.SamplingConfig.ssr_num_steps={steps.ssr_sampling}", "--gin.OutputConfig.write_gif=True",
             "--gin.OutputConfig.save_arrays=True", "--gin.sample_videos.batch_size=4",
-            *video_stage_bindings(steps.frames, "base/"),
-            f"--gin_bindings=ssr/unet_adapter.overrides = {SSR_OVERRIDES}",
+            "--gin_file=sample/demo.gin", *video_stage_bindings(steps.frames, "base/"),
             f"--gin.ModelsConfig.use_ssr={use_ssr}", f"--gin.SamplingConfig.replace_known={replace_known}"]
 
 
@@ -248,9 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     run(train_command("train_stunet.gin", runs["stunet"], steps.stunet, data_dir,
                       [f"--gin.T2I_CHECKPOINT={runs['t2i']}", *video_stage_bindings(steps.frames)]),
         "2_train_stunet", out_dir)
-    sr_data = ["--gin.VIDEO_TASK=synthetic_motion_small",
-               "--gin_bindings=SyntheticMotionConfig.prepare_configs = ('tiny', 'image_tiny', 'small')",
-               f"--gin_bindings=unet_adapter.overrides = {SSR_OVERRIDES}"]
+    sr_data = ["--gin_file=runs/demo_sr.gin"]
     run(train_command("pretrain_sr.gin", runs["sr"], steps.image_sr, data_dir, sr_data), "3_pretrain_sr", out_dir)
     run(train_command("train_ssr.gin", runs["ssr"], steps.ssr, data_dir,
                       [f"--gin.SR_CHECKPOINT={runs['sr']}", *sr_data]), "3_train_ssr", out_dir)
