@@ -2,7 +2,7 @@
 consistency inside windows (synthetic-domain analysis of evaluate/synthetic_quality.py).
 
 A base clip longer than the model runs as windows of the model's length fused at every step
-(`SamplingConfig.num_frames`, `base_window_stride`; applications.base_denoiser). This samples the same synthetic
+(`SamplingConfig.num_frames`, `base_window_stride`; sample/base.py base_denoiser). This samples the same synthetic
 prompts through the sampling CLI (the demo's flags, base only) as clips of the model's length (1x), of 4x its
 length with the default stride (half a window), and of 4x with stride = window (no overlap), at stride 6 of 8
 (seams off the model's blocks), and with triangular window weights, then compares frame pairs that cross a

@@ -3,7 +3,7 @@ classifier-free guidance and the SSR stage; MultiDiffusion's share of an SSR cal
 repeated sampling job with the persistent compilation cache.
 
 Modes (`--mode`, comma separated):
-  throughput     `sample/job.py::_generate` (applications.generate_base, then upsample_ssr) jitted as the job
+  throughput     `sample/job.py::_generate` (base.generate_base, then ssr.upsample_ssr) jitted as the job
                  jits it, on random parameters (speed does not depend on them), for each solver x guidance x
                  SSR; best of the timed batches after the first (compiling) call. Without guidance is the same
                  function with the unconditional half left out (what a weight of 1 could cost): the job itself

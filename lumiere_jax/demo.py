@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         "5_sample_text_to_video_base", out_dir)
     run(sample_command(text_prompts, video_dir, "stunet", runs["stunet"], runs["ssr"], steps),
         "5_sample_text_to_video_ssr", out_dir)
-    # The conditional clips keep the given content by known-content replacement (sample/applications.py,
+    # The conditional clips keep the given content by known-content replacement (sample/base.py and sample/ssr.py,
     # base and SSR); the fine-tuned model's own fidelity, without it, is measured on base-only clips beside.
     run(sample_command(conditional_prompts, video_dir, "conditional", runs["conditional"], runs["ssr"], steps,
                        replace_known=True), "6_sample_conditional", out_dir)

@@ -31,6 +31,7 @@ from lumiere_jax import storage
 from lumiere_jax.diffusion import schedules
 from lumiere_jax.models import param_paths
 from lumiere_jax.sample import applications
+from lumiere_jax.sample import base as base_stage
 from lumiere_jax.sample import weights
 from lumiere_jax.stages import adapter as adapter_lib
 from lumiere_jax.stages import checkpoint_layout
@@ -52,7 +53,7 @@ def sampling_function(adapter: adapter_lib.ModelAdapter, schedule: schedules.Sch
                       config: applications.SamplingConfig):
     """`f(params, text_encoder_params, tokens, text_mask, keys, guidance_weight[, condition, condition_mask])`
     -> video `[B, T, H, W, 3]` in [-1, 1]: base-model sampling of whole clips (t2v, or the <C, M> modes),
-    `config.num_steps` steps, as `sample.applications.generate_base`.
+    `config.num_steps` steps, as `sample.base_stage.generate_base`.
 
     Shapes: `tokens: int32 [B, L]`, `text_mask: bool [B, L]`, `keys: uint32 [B, 2]` (raw key data, e.g.
     `jax.random.key_data(jax.random.key(seed))`), `guidance_weight: float32 [B]`, `condition: [B, T, H, W, 3]`,
@@ -63,7 +64,7 @@ def sampling_function(adapter: adapter_lib.ModelAdapter, schedule: schedules.Sch
     def sample_fn(params, text_encoder_params, *arrays):
         batch = dict(zip(names, arrays))
         stage = applications.Stage(adapter, params, text_encoder_params)
-        return applications.generate_base(stage, batch, schedule, config, config.num_steps)
+        return base_stage.generate_base(stage, batch, schedule, config, config.num_steps)
 
     return sample_fn
 

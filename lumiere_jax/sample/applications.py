@@ -1,6 +1,6 @@
-"""The paper's applications as jittable functions: base STUNet sampling of the whole clip (text-to-video,
-image-to-video, inpainting, cinemagraphs through <J, C, M>; SDEdit from a noised input video) and SSR with
-temporal MultiDiffusion (PAPER.md 1, 3, 4).
+"""What the base and SSR stages share at sampling time: the job's sampling settings (`SamplingConfig`), the
+settings fixed at compile time (`StaticSettings`), a loaded model (`Stage`), per-row keys and noise, text
+guidance, and known-content replacement. The stages themselves are sample/base.py and sample/ssr.py.
 
 Randomness is per row: each row brings its own key (`keys: uint32 [B, 2]`, raw key data), from which its
 initial noise and the noise of its SR conditioning augmentation are drawn, so a row's video does not depend
@@ -18,12 +18,9 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from lumiere_jax.diffusion import augmentation
 from lumiere_jax.diffusion import guidance
-from lumiere_jax.diffusion import losses
 from lumiere_jax.diffusion import multidiffusion
 from lumiere_jax.diffusion import samplers
-from lumiere_jax.diffusion import schedules
 from lumiere_jax.stages import adapter as adapter_lib
 from lumiere_jax.stages import text as text_lib
 
@@ -191,63 +188,6 @@ def text_guidance(stage: Stage, batch: dict[str, jax.Array], prefix: str, weight
     return TextGuidance(embeddings, mask, negative, negative_mask, weight, rescale, logsnr_interval)
 
 
-def base_guidance(stage: Stage, batch: dict[str, jax.Array], schedule: schedules.Schedule,
-                  config: SamplingConfig) -> TextGuidance:
-    """The base stage's text and per-row controls: `guidance_weight: [B]`, and optionally
-    `guidance_rescale: [B]` and `guidance_interval: [B, 2]` (times) in `batch`, else the job's."""
-    batch_size = batch["tokens"].shape[0]
-    rescale = batch.get("guidance_rescale", jnp.full((batch_size,), config.guidance_rescale, jnp.float32))
-    interval = batch.get("guidance_interval", jnp.tile(jnp.asarray(config.guidance_interval, jnp.float32),
-                                                       (batch_size, 1)))
-    logsnr_interval = schedule(interval)[:, ::-1]  # t_high -> the low log-SNR
-    return text_guidance(stage, batch, "", batch["guidance_weight"], rescale, logsnr_interval)
-
-
-def base_denoiser(
-    stage: Stage,
-    text: TextGuidance,
-    condition: jax.Array | None,
-    condition_mask: jax.Array | None,
-    config: SamplingConfig,
-    num_frames: int,
-) -> samplers.Denoiser:
-    """Guided `denoise_fn(z, logsnr) -> x0_hat` of the base model for a batch of clips of `num_frames`.
-
-    `condition: [B, T, H, W, 3]`, `condition_mask: [B, T, H, W, 1]` (conditional models only) are appended to z
-    on channels exactly as the trainer does (`adapter.channel_condition`, PAPER.md 4.2). Clips longer
-    than the model run as windows of its length fused by MultiDiffusion, in the SSR's order: guide per
-    window, fuse the raw x0, threshold the fused clip.
-    """
-    adapter = stage.adapter
-    channel_condition = None
-    if adapter.stage == "conditional":  # [B, T, H, W, 4] = <C * M, M>, as the trainer builds it
-        channel_condition = adapter_lib.channel_condition(condition, condition_mask)
-
-    def model_fn(z, logsnr, cond):
-        inputs = adapter_lib.ModelInputs(x0=z, channel_condition=cond["channel_condition"])
-        return adapter.apply(stage.params, z, logsnr, inputs, cond["text_embeddings"], cond["text_mask"],
-                             None, train=False)
-
-    model_frames = adapter.sample_shape[0]
-    if num_frames == model_frames:
-        denoise_fn = text.denoiser(model_fn, {"channel_condition": channel_condition}, adapter.parameterization, 5)
-    else:
-        starts = base_windows(model_frames, num_frames, config)
-        window_text = text.repeat(len(starts))
-
-        def windowed_denoise_fn(z_windows, logsnr_windows, condition_windows):
-            return window_text.denoiser(model_fn, {"channel_condition": condition_windows},
-                                        adapter.parameterization, 5)(z_windows, logsnr_windows)
-
-        weights = multidiffusion.window_weights(config.base_window_weights, len(starts), model_frames)
-        denoise_fn = multidiffusion.multidiffusion_denoiser(windowed_denoise_fn, starts, model_frames, weights,
-                                                            frame_condition=channel_condition)
-    denoise_fn = guidance.thresholded(denoise_fn, config.threshold_percentile)
-    if not config.replace_known or condition is None:
-        return denoise_fn
-    return known_content_denoiser(denoise_fn, condition, condition_mask)
-
-
 def known_content_denoiser(denoise_fn: samplers.Denoiser, condition: jax.Array,
                            condition_mask: jax.Array) -> samplers.Denoiser:
     """`replace_known`: x0_hat takes `condition: [B, T, H, W, 3]` wherever `condition_mask: [B, T, H, W, 1]` is 1."""
@@ -256,133 +196,3 @@ def known_content_denoiser(denoise_fn: samplers.Denoiser, condition: jax.Array,
         return condition_mask * condition + (1.0 - condition_mask) * denoise_fn(z, logsnr)
 
     return replace_known
-
-
-def known_content_at(condition: jax.Array, condition_mask: jax.Array, height: int,
-                     width: int) -> tuple[jax.Array, jax.Array]:
-    """The base stage's C and M at the SSR's frame size: C bilinear, M nearest (stays binary). Our choice: the
-    SSR keeps the upsampled given content, as the job reads condition files at the base size only."""
-    batch_size, num_frames = condition.shape[:2]
-    return (jax.image.resize(condition, (batch_size, num_frames, height, width, 3), "linear"),
-            jax.image.resize(condition_mask, (batch_size, num_frames, height, width, 1), "nearest"))
-
-
-def base_windows(model_frames: int, num_frames: int, config: SamplingConfig) -> tuple[int, ...]:
-    """MultiDiffusion window starts of a base clip longer than the model (windows of the model's length)."""
-    if num_frames < model_frames:
-        raise ValueError(f"num_frames={num_frames} is shorter than the base model's {model_frames} frames; sample "
-                         f"at least {model_frames} frames (and trim), or use a model trained on shorter clips")
-    stride = config.base_window_stride or max(model_frames // 2, 1)
-    return multidiffusion.window_starts(num_frames, model_frames, stride)
-
-
-def generate_base(
-    stage: Stage,
-    batch: dict[str, jax.Array],
-    schedule: schedules.Schedule,
-    config: SamplingConfig,
-    num_steps: int,
-    t_start: float = 1.0,
-    settings: StaticSettings | None = None,
-) -> jax.Array:
-    """Samples whole clips with the base model: `[B, T, H, W, 3]` in [-1, 1].
-
-    `batch`: `tokens: int32 [B, L]`, `text_mask: bool [B, L]`, `keys: uint32 [B, 2]`, `guidance_weight: [B]`;
-    optionally `negative_tokens`, `negative_text_mask`, `guidance_rescale: [B]`, `guidance_interval: [B, 2]`;
-    conditional models also `condition`, `condition_mask`; SDEdit (`t_start < 1`) needs `init_video:
-    [B, T, H, W, 3]`, noised to `t_start` with the row's noise (PAPER.md 4, SDEdit). `settings` (static)
-    overrides the sampler and the clip length (default: the config's sampler, the model's length).
-    """
-    settings = settings or StaticSettings(num_steps, t_start, config.sampler, config.num_frames)
-    adapter = stage.adapter
-    num_frames = settings.num_frames or adapter.sample_shape[0]
-    text = base_guidance(stage, batch, schedule, config)
-    noise_keys, sampler_keys = row_keys(batch["keys"], BASE_STREAM, 2)
-    noise = row_normal(noise_keys, (num_frames,) + tuple(adapter.sample_shape[1:]))
-    if settings.t_start < 1.0:
-        z_init = losses.noisy_sample(batch["init_video"], noise, schedule(jnp.float32(settings.t_start)))
-    else:
-        z_init = noise
-    denoise_fn = base_denoiser(stage, text, batch.get("condition"), batch.get("condition_mask"), config, num_frames)
-    return samplers.sample(denoise_fn, sampler_keys, z_init, schedule, settings.num_steps, settings.t_start,
-                           settings.sampler, config.eta, clip_output=True, spacing=config.time_spacing)
-
-
-def ssr_windows(stage: Stage, num_frames: int, config: SamplingConfig) -> tuple[tuple[int, ...], int]:
-    """MultiDiffusion window starts and length for a clip of `num_frames` (PAPER.md 3)."""
-    window_length = min(config.ssr_window_length or stage.adapter.sample_shape[0], num_frames)
-    stride = config.ssr_window_stride or max(window_length // 2, 1)
-    return multidiffusion.window_starts(num_frames, window_length, stride), window_length
-
-
-def ssr_denoiser(
-    stage: Stage,
-    low_res: jax.Array,
-    text: TextGuidance,
-    aug_logsnr: jax.Array,
-    config: SamplingConfig,
-) -> samplers.Denoiser:
-    """Whole-clip `denoise_fn(z: [B, T, H, W, 3], logsnr: [B]) -> x0_hat` of the SSR with temporal MultiDiffusion.
-
-    `low_res: [B, T, h, w, 3]` already noise-augmented (level `aug_logsnr: [B]`). Order (PAPER.md 3 with
-    Imagen's thresholding): classifier-free guidance per window, fusion of the raw guided x0 predictions of
-    all windows, then dynamic thresholding of the fused clip, so overlapping frames average predictions on one
-    scale and each clip gets one percentile.
-    """
-    adapter = stage.adapter
-    num_frames = low_res.shape[1]
-    starts, window_length = ssr_windows(stage, num_frames, config)
-    window_text = text.repeat(len(starts))
-    window_aug_logsnr = multidiffusion.repeat_for_windows(aug_logsnr, len(starts))
-
-    def model_fn(z, logsnr, c):
-        inputs = adapter_lib.ModelInputs(x0=z, low_res=c["low_res"])
-        return adapter.apply(stage.params, z, logsnr, inputs, c["text_embeddings"], c["text_mask"],
-                             c["noise_aug_logsnr"], train=False)
-
-    def windowed_denoise_fn(z_windows, logsnr_windows, low_res_windows):
-        shared = {"low_res": low_res_windows, "noise_aug_logsnr": window_aug_logsnr}
-        return window_text.denoiser(model_fn, shared, adapter.parameterization, 5)(z_windows, logsnr_windows)
-
-    fused = multidiffusion.multidiffusion_denoiser(windowed_denoise_fn, starts, window_length,
-                                                   frame_condition=low_res)
-    return guidance.thresholded(fused, config.threshold_percentile)
-
-
-def upsample_ssr(
-    stage: Stage,
-    low_res: jax.Array,
-    batch: dict[str, jax.Array],
-    schedule: schedules.Schedule,
-    config: SamplingConfig,
-) -> jax.Array:
-    """SSR of the whole clip with temporal MultiDiffusion: `low_res: [B, T, h, w, 3]` -> `[B, T, H, W, 3]`.
-
-    Base frames of another size than the SSR model's `low_res_size` are resized to it first. The low-res clip
-    is noise-augmented once (row noise, level `ssr_noise_aug_t`) before windowing; the denoiser is
-    `ssr_denoiser` (guide per window, fuse, threshold), and the step noise is drawn once for the whole clip.
-    The SSR guides with the job's `ssr_guidance_weight` and the rows' negative prompts (`ssr_negative_*`),
-    without rescale or interval. With `replace_known`, a conditional batch's C and M (at the base size) are
-    upsampled (`known_content_at`) and kept as in the base stage.
-    """
-    adapter = stage.adapter
-    batch_size, num_frames = low_res.shape[:2]
-    height, width = adapter.sample_shape[1:3]
-    if low_res.shape[2:4] != (adapter.low_res_size,) * 2:
-        # The SSR model was trained on inputs of low_res_size: bring the base frames to that size first.
-        low_res = jax.image.resize(low_res, (batch_size, num_frames, adapter.low_res_size, adapter.low_res_size, 3),
-                                   "linear")
-    always = jnp.tile(jnp.array([-jnp.inf, jnp.inf], jnp.float32), (batch_size, 1))
-    text = text_guidance(stage, batch, "ssr_", jnp.full((batch_size,), config.ssr_guidance_weight, jnp.float32),
-                         jnp.zeros((batch_size,), jnp.float32), always)
-    sampler_keys, aug_keys, noise_keys = row_keys(batch["keys"], SSR_STREAM, 3)
-    aug_level = augmentation.AUGMENTATION_SCHEDULE(jnp.float32(config.ssr_noise_aug_t))  # not the SR's schedule
-    aug_logsnr = jnp.full((batch_size,), aug_level, jnp.float32)
-    low_res = losses.noisy_sample(low_res, row_normal(aug_keys, low_res.shape[1:]), aug_logsnr)
-    denoise_fn = ssr_denoiser(stage, low_res, text, aug_logsnr, config)
-    if config.replace_known and "condition" in batch:
-        denoise_fn = known_content_denoiser(
-            denoise_fn, *known_content_at(batch["condition"], batch["condition_mask"], height, width))
-    z_init = row_normal(noise_keys, (num_frames, height, width, 3))
-    return samplers.sample(denoise_fn, sampler_keys, z_init, schedule, config.ssr_num_steps, 1.0,
-                           config.sampler, config.eta, clip_output=True, spacing=config.time_spacing)

@@ -31,6 +31,8 @@ from lumiere_jax.parallel import mesh as mesh_lib
 from lumiere_jax.parallel import multihost
 from lumiere_jax.parallel import partitioning
 from lumiere_jax.sample import applications
+from lumiere_jax.sample import base as base_stage
+from lumiere_jax.sample import ssr as ssr_stage
 from lumiere_jax.sample import conditions
 from lumiere_jax.sample import outputs as outputs_lib
 from lumiere_jax.sample import progress
@@ -202,11 +204,11 @@ def _generate(base_params, base_text_params, ssr_params, ssr_text_params, batch,
               schedule, ssr_schedule, config, settings):
     """Base clip, then (optionally) SSR: `[B, T, H, W, 3]` in [-1, 1]."""
     base = applications.Stage(base_adapter, base_params, base_text_params)
-    video = applications.generate_base(base, batch, schedule, config, settings.num_steps, settings=settings)
+    video = base_stage.generate_base(base, batch, schedule, config, settings.num_steps, settings=settings)
     if ssr_adapter is None:
         return video
     ssr = applications.Stage(ssr_adapter, ssr_params, ssr_text_params)
-    return applications.upsample_ssr(ssr, video, batch, ssr_schedule, config)
+    return ssr_stage.upsample_ssr(ssr, video, batch, ssr_schedule, config)
 
 
 class _Models:

@@ -15,6 +15,7 @@ from lumiere_jax.export import checkpoint as export_lib
 from lumiere_jax.export import cli as export_cli
 from lumiere_jax.models import param_paths
 from lumiere_jax.sample import applications
+from lumiere_jax.sample import base as base_stage
 from lumiere_jax.sample import cli as sample_cli
 from lumiere_jax.sample import weights
 from lumiere_jax.stages import text as text_lib
@@ -85,7 +86,7 @@ def test_serialized_function_matches_direct_sampling(exported, tiny_models):
     arrays["condition_mask"][:, 0] = 1.0
     served = function.call(params, text_params, *[arrays[name] for name in export_lib.function_arguments(adapter)])
     config = applications.SamplingConfig(num_steps=NUM_STEPS, guidance_weight=3.0)
-    direct = jax.jit(lambda p, t, b: applications.generate_base(applications.Stage(adapter, p, t), b,
+    direct = jax.jit(lambda p, t, b: base_stage.generate_base(applications.Stage(adapter, p, t), b,
                                                                  schedules.logsnr_cosine, config, NUM_STEPS))(
         params, text_params, arrays)
     assert served.shape == (batch_size, NUM_FRAMES, SIZE, SIZE, 3)

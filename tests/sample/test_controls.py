@@ -12,6 +12,7 @@ import pytest
 
 from lumiere_jax.data import video_io
 from lumiere_jax.sample import applications
+from lumiere_jax.sample import base as base_stage
 from lumiere_jax.sample import cli
 from lumiere_jax.sample import conditions
 from lumiere_jax.sample import job
@@ -51,7 +52,7 @@ def test_long_base_clip_guides_per_window_fuses_raw_x0_then_thresholds(weighting
         weight=jnp.full((2,), WEIGHT), rescale=jnp.zeros(2), logsnr_interval=jnp.tile(jnp.array([-99.0, 99.0]), (2, 1)))
     config = applications.SamplingConfig(threshold_percentile=PERCENTILE, base_window_stride=2,
                                          base_window_weights=weighting)
-    denoise_fn = applications.base_denoiser(stage, text, jnp.asarray(condition), jnp.asarray(condition_mask), config,
+    denoise_fn = base_stage.base_denoiser(stage, text, jnp.asarray(condition), jnp.asarray(condition_mask), config,
                                             num_frames)
     result = np.asarray(jax.jit(denoise_fn)(jnp.asarray(z), jnp.asarray(logsnr)))
 

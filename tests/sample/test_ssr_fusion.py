@@ -8,6 +8,7 @@ import numpy as np
 from lumiere_jax.diffusion import multidiffusion
 from lumiere_jax.diffusion import schedules
 from lumiere_jax.sample import applications
+from lumiere_jax.sample import ssr as ssr_stage
 from lumiere_jax.stages import adapter as adapter_lib
 from tiny_setup import SIZE, SSR_SIZE, make_adapter, random_params, ssr_config
 
@@ -34,7 +35,7 @@ def test_ssr_guides_per_window_fuses_raw_x0_then_thresholds_the_clip():
     text = applications.TextGuidance(
         jnp.asarray(embeddings), jnp.asarray(text_mask), jnp.zeros(embeddings.shape), jnp.zeros(text_mask.shape, bool),
         weight=jnp.full((2,), WEIGHT), rescale=jnp.zeros(2), logsnr_interval=jnp.tile(jnp.array([-99.0, 99.0]), (2, 1)))
-    denoise_fn = applications.ssr_denoiser(stage, jnp.asarray(low_res), text, jnp.asarray(aug_logsnr), config)
+    denoise_fn = ssr_stage.ssr_denoiser(stage, jnp.asarray(low_res), text, jnp.asarray(aug_logsnr), config)
     result = np.asarray(jax.jit(denoise_fn)(jnp.asarray(z), jnp.asarray(logsnr)))
 
     alpha = np.sqrt(1 / (1 + np.exp(-logsnr))).reshape(-1, 1, 1, 1, 1)
@@ -73,10 +74,10 @@ def test_ssr_augmentation_level_is_on_the_plain_cosine_schedule(monkeypatch):
         seen["aug_logsnr"] = np.asarray(aug_logsnr)
         return lambda z, logsnr: z
 
-    monkeypatch.setattr(applications, "ssr_denoiser", recording_denoiser)
+    monkeypatch.setattr(ssr_stage, "ssr_denoiser", recording_denoiser)
     batch = {"ssr_tokens": jnp.ones((2, 8), jnp.int32), "ssr_text_mask": jnp.ones((2, 8), bool),
              "keys": jnp.zeros((2, 2), jnp.uint32)}
     shifted = schedules.get_schedule("shifted_cosine", resolution=SSR_SIZE * 16, base_resolution=SIZE)
     config = applications.SamplingConfig(ssr_noise_aug_t=0.3, ssr_num_steps=1)
-    applications.upsample_ssr(stage, jnp.zeros((2, NUM_FRAMES, SIZE, SIZE, 3)), batch, shifted, config)
+    ssr_stage.upsample_ssr(stage, jnp.zeros((2, NUM_FRAMES, SIZE, SIZE, 3)), batch, shifted, config)
     np.testing.assert_allclose(seen["aug_logsnr"], float(schedules.logsnr_cosine(np.float32(0.3))), atol=1e-5)

@@ -13,6 +13,7 @@ import pytest
 from lumiere_jax.data import video_io
 from lumiere_jax.data import vocab
 from lumiere_jax.sample import applications
+from lumiere_jax.sample import base as base_stage
 from lumiere_jax.sample import conditions
 from lumiere_jax.sample import job
 from lumiere_jax.sample import rows as rows_lib
@@ -68,7 +69,7 @@ def test_conditions_are_kept_by_the_trained_model(trained):
     batch = {name: np.stack([arrays[name] for arrays in host]) for name in host[0]}
     batch["tokens"], batch["text_mask"] = vocab.tokenize([row.prompt for row in rows], vocab.get_vocabulary(),
                                                          adapter.text_length)
-    generate = jax.jit(lambda p, t, b: applications.generate_base(
+    generate = jax.jit(lambda p, t, b: base_stage.generate_base(
         applications.Stage(adapter, p, t), b, DiffusionConfig().schedule_fn, config, config.num_steps))
     t2v, i2v, inpaint, cinemagraph = np.asarray(generate(params, text_params, batch))
 
