@@ -24,6 +24,11 @@ ALLOWED = {
     ("lumiere_jax/evaluate/convert.py", "main"): "converts local weight files the user provides",
     ("lumiere_jax/evaluate/networks.py", "CLIPSimilarity.from_files"): "local metric network weights",
     ("lumiere_jax/evaluate/weights.py", "load_flat"): "local metric network weights",
+    ("lumiere_jax/evaluate/demo_page.py", "_relative"): "the demo's results page, in its local out_dir",
+    ("lumiere_jax/evaluate/demo_page.py", "read_sidecars"): "the demo's results page, in its local out_dir",
+    ("lumiere_jax/evaluate/demo_page.py", "collect_clips"): "the demo's results page, in its local out_dir",
+    ("lumiere_jax/evaluate/demo_page.py", "collect"): "the demo's results page, in its local out_dir",
+    ("lumiere_jax/evaluate/demo_page.py", "write_page"): "the demo's results page, in its local out_dir",
 }
 
 
