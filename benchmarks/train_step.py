@@ -21,11 +21,11 @@ from lumiere_jax.models import config as config_lib
 from lumiere_jax.parallel import mesh as mesh_lib
 
 # (stage, clips or images per step) per preset size: small enough for a few steps on a 2-core CPU.
-BATCHES = {"tiny": {"image": 8, "video": 2}, "small": {"image": 2, "video": 1}}
+BATCHES = {"tiny": {"t2i": 8, "stunet": 2}, "small": {"t2i": 2, "stunet": 1}}
 
 
 def stage_config(size: str, stage: str, dtype: str) -> config_lib.UNetConfig:
-    config = config_lib.t2i_config(size) if stage == "image" else config_lib.stunet_config(size)
+    config = config_lib.t2i_config(size) if stage == "t2i" else config_lib.stunet_config(size)
     return dataclasses.replace(config, dtype=dtype)
 
 
@@ -34,7 +34,7 @@ def benchmark(size: str, stage: str, dtype: str, steps: int) -> dict:
     config = stage_config(size, stage, dtype)
     mesh = mesh_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     batch = BATCHES[size][stage]
-    setup = minimal_step.setup(config, mesh, batch, video=stage == "video", freeze_spatial=stage == "video")
+    setup = minimal_step.setup(config, mesh, batch, video=stage == "stunet", freeze_spatial=stage == "stunet")
     start = time.perf_counter()
     with mesh_lib.mesh_context(mesh):
         compiled = setup.jitted().lower(*setup.args).compile()
@@ -53,7 +53,7 @@ def benchmark(size: str, stage: str, dtype: str, steps: int) -> dict:
     jax.block_until_ready((trainable, loss))
     step_seconds = (time.perf_counter() - start) / steps
     return dict(size=size, stage=stage, dtype=dtype, batch=batch, frames=config.temporal.num_frames if
-                stage == "video" else 1, image_size=config.image_size, num_params=setup.num_params,
+                stage == "stunet" else 1, image_size=config.image_size, num_params=setup.num_params,
                 num_trainable=setup.num_trainable, compile_seconds=compile_seconds, step_seconds=step_seconds,
                 flops=flops, loss=float(loss), matmul_peak=peak)
 
@@ -61,7 +61,7 @@ def benchmark(size: str, stage: str, dtype: str, steps: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="tiny,small")
-    parser.add_argument("--stages", default="image,video")
+    parser.add_argument("--stages", default="t2i,stunet")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--dtype", default="float32",
                         help="compute dtype (presets use bfloat16 from small up; CPUs have no fast bfloat16)")
@@ -71,7 +71,7 @@ def main() -> None:
         for stage in args.stages.split(","):
             row = benchmark(size, stage, args.dtype, args.steps)
             achieved, peak = row["flops"] / row["step_seconds"], row["matmul_peak"]
-            print(f"{size:5s} {stage:5s} batch {row['batch']} x {row['frames']}x{row['image_size']}^2: "
+            print(f"{size:5s} {stage:6s} batch {row['batch']} x {row['frames']}x{row['image_size']}^2: "
                   f"params {row['num_params'] / 1e6:.1f}M (trained {row['num_trainable'] / 1e6:.1f}M), "
                   f"compile {row['compile_seconds']:.1f} s, {1 / row['step_seconds']:.3f} steps/s, "
                   f"{row['batch'] / row['step_seconds']:.2f} examples/s, {row['flops'] / 1e9:.1f} GFLOP/step, "

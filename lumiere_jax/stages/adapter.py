@@ -4,11 +4,11 @@ The trainer knows nothing of U-Net internals. A `ModelAdapter` holds the Flax mo
 docs/ARCHITECTURE.md), the frozen text encoder, the stage (which decides how a batch maps to the clean
 target x0 and extra inputs), the example shapes used for initialisation, and which parameters train.
 
-Stages:
-  image:       x0 = batch["image"] [B, H, W, 3], or one random frame per clip of batch["video"].
-  image_sr:    the image SR model the SSR is inflated from: x0 = a still image or frame as for "image";
+Stages (the names run files give `unet_adapter.stage`, stages/factory.py):
+  t2i:         x0 = batch["image"] [B, H, W, 3], or one random frame per clip of batch["video"].
+  sr:          the image SR model the SSR is inflated from: x0 = a still image or frame as for "t2i";
                low_res = its area-downsampled copy (noise-augmented in the step).
-  video:       x0 = batch["video"] [B, T, H, W, 3] (STUNet).
+  stunet:      x0 = batch["video"] [B, T, H, W, 3].
   For the video stages, clips longer than `window_frames` are cut to a random window of that many frames;
   shorter clips are an error (the model's frame count is fixed).
   ssr:         x0 = a random window of `window_frames` frames of batch["video"] at high resolution (the SSR
@@ -34,10 +34,10 @@ import jax.numpy as jnp
 Params = Any
 Batch = dict[str, jax.Array]
 
-STAGES = ("image", "image_sr", "video", "ssr", "conditional")
-IMAGE_STAGES = ("image", "image_sr")
-SR_STAGES = ("image_sr", "ssr")
-BASE_VIDEO_STAGES = ("video", "conditional")  # what the sampling job and exported sampling take as base
+STAGES = ("t2i", "stunet", "sr", "ssr", "conditional")
+IMAGE_STAGES = ("t2i", "sr")
+SR_STAGES = ("sr", "ssr")
+BASE_VIDEO_STAGES = ("stunet", "conditional")  # what the sampling job and exported sampling take as base
 CONDITION_CHANNELS = 4  # C (3) + M (1), paper 4.2
 
 
@@ -95,9 +95,9 @@ class ModelAdapter:
 
     def inputs_from_batch(self, batch: Batch, rng: jax.Array) -> ModelInputs:
         """Maps a data batch (ARCHITECTURE.md 'Batches') to the model inputs of this stage."""
-        if self.stage == "image":
+        if self.stage == "t2i":
             return ModelInputs(x0=_image_from_batch(batch, rng))
-        if self.stage == "image_sr":
+        if self.stage == "sr":
             image = _image_from_batch(batch, rng)  # [B, H, W, 3]
             return ModelInputs(x0=image, low_res=area_downsample(image, self.low_res_size))
         video = batch["video"]  # [B, T, H, W, 3]
@@ -110,7 +110,7 @@ class ModelAdapter:
                 video = take_window(video, start, self.window_frames)
         if self.stage == "conditional" and not given:
             condition, mask = first_frame_condition(video)
-        if self.stage == "video":
+        if self.stage == "stunet":
             return ModelInputs(x0=video)
         if self.stage == "ssr":
             return ModelInputs(x0=video, low_res=area_downsample(video, self.low_res_size))

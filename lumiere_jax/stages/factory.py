@@ -1,9 +1,9 @@
 """The five stages as model adapters over the real U-Net and frozen T5 encoder (gin entry points of training,
 sampling and export).
 
-  t2i:         image model from scratch (stage "image").
+  t2i:         image model from scratch.
   stunet:      STUNet on clips; T2I layers frozen, only temporal layers train (paper section 2).
-  sr:          image super-resolution U-Net on still frames, noise-augmented low-res input (stage "image_sr").
+  sr:          image super-resolution U-Net on still frames, noise-augmented low-res input.
   ssr:         spatial super-resolution inflated from the sr model (its layers frozen, only temporal layers
                train, as STUNet from T2I), on windows of T' frames, noise-augmented low-res input.
   conditional: STUNet on <J, C, M> (7 channels), fine-tuned from the unconditional STUNet (paper 4.2).
@@ -28,7 +28,6 @@ from lumiere_jax.models import t5_weights
 from lumiere_jax.models import unet
 from lumiere_jax.stages import adapter as adapter_lib
 
-STAGE_KINDS = {"t2i": "image", "stunet": "video", "sr": "image_sr", "ssr": "ssr", "conditional": "conditional"}
 _PRESETS = {"t2i": model_config_lib.t2i_config, "stunet": model_config_lib.stunet_config,
             "sr": model_config_lib.ssr_image_config, "ssr": model_config_lib.ssr_config,
             "conditional": model_config_lib.conditional_config}
@@ -67,8 +66,8 @@ def unet_adapter(
     both. `trainable_patterns` (regexes over parameter paths) selects what trains, the rest is frozen; None
     trains everything.
     """
-    if stage not in STAGE_KINDS:
-        raise ValueError(f"unknown stage {stage!r}; choose one of {sorted(STAGE_KINDS)}")
+    if stage not in adapter_lib.STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {adapter_lib.STAGES}")
     config = model_config or _PRESETS[stage](size)
     changes = dict(overrides or {})
     changes.update({name: value for name, value in (("dtype", dtype), ("remat", remat)) if value is not None})
@@ -82,11 +81,10 @@ def unet_adapter(
         raise ValueError(f"text encoder {text_encoder_preset!r} has d_model={text_encoder.config.d_model} but the "
                          f"U-Net expects text_embed_dim={config.text_embed_dim}; pick matching presets")
     size_hw = (config.image_size, config.image_size, 3)
-    kind = STAGE_KINDS[stage]
-    image = kind in adapter_lib.IMAGE_STAGES
+    image = stage in adapter_lib.IMAGE_STAGES
     sample_shape = size_hw if image else (config.temporal.num_frames, *size_hw)
     return adapter_lib.ModelAdapter(
-        name=f"unet_{stage}", module=unet.UNet(config), stage=kind, text_encoder=text_encoder,
+        name=f"unet_{stage}", module=unet.UNet(config), stage=stage, text_encoder=text_encoder,
         sample_shape=sample_shape, low_res_size=config.low_res_size, text_length=text_length,
         trainable_mask=pattern_mask(trainable_patterns) if trainable_patterns is not None else None,
         window_frames=None if image else config.temporal.num_frames)

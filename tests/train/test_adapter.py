@@ -20,7 +20,7 @@ def test_area_downsample_matches_block_means():
 
 
 def test_image_stage_takes_one_frame_per_clip():
-    adapter = toy.toy_adapter(stage="image")
+    adapter = toy.toy_adapter(stage="t2i")
     inputs = adapter.inputs_from_batch({"video": jnp.asarray(VIDEO)}, jax.random.key(1))
     assert inputs.x0.shape == (2, 8, 8, 3)
     for example in range(2):
@@ -28,7 +28,7 @@ def test_image_stage_takes_one_frame_per_clip():
 
 
 def test_image_sr_stage_takes_one_frame_and_downsamples():
-    adapter = toy.toy_adapter(stage="image_sr")
+    adapter = toy.toy_adapter(stage="sr")
     inputs = adapter.inputs_from_batch({"video": jnp.asarray(VIDEO)}, jax.random.key(6))
     assert inputs.x0.shape == (2, 8, 8, 3) and inputs.low_res.shape == (2, 4, 4, 3)
     for example in range(2):
@@ -84,7 +84,7 @@ def test_conditional_stage_refuses_masks_of_longer_clips():
         adapter.inputs_from_batch(jax.tree.map(jnp.asarray, batch), jax.random.key(4))
 
 
-@pytest.mark.parametrize("stage", ["video", "ssr", "conditional"])
+@pytest.mark.parametrize("stage", ["stunet", "ssr", "conditional"])
 def test_video_stages_refuse_clips_shorter_than_the_model(stage):
     adapter = toy.toy_adapter(stage=stage, frames=8)
     with pytest.raises(ValueError, match="clips of 6 frames are shorter than the model's 8 frames"):
@@ -92,6 +92,6 @@ def test_video_stages_refuse_clips_shorter_than_the_model(stage):
 
 
 def test_sample_shape_must_match_stage():
-    with pytest.raises(ValueError, match="stage 'video' needs sample_shape of rank 4"):
-        adapter_lib.ModelAdapter(name="x", module=toy.ToyDenoiser(), stage="video", text_encoder=toy.ToyTextEncoder(),
+    with pytest.raises(ValueError, match="stage 'stunet' needs sample_shape of rank 4"):
+        adapter_lib.ModelAdapter(name="x", module=toy.ToyDenoiser(), stage="stunet", text_encoder=toy.ToyTextEncoder(),
                                  sample_shape=(8, 8, 3))

@@ -81,7 +81,7 @@ def temporal_only_mask(params):
 
 
 @gin.configurable
-def toy_adapter(stage="video", frames=4, size=8, temporal_only=False, name="toy", features=8):
+def toy_adapter(stage="stunet", frames=4, size=8, temporal_only=False, name="toy", features=8):
     image = stage in adapter_lib.IMAGE_STAGES
     sample_shape = (size, size, 3) if image else (frames, size, size, 3)
     return adapter_lib.ModelAdapter(
