@@ -1,17 +1,13 @@
 """Condition masks for conditional fine-tuning (PAPER.md 4.2): the model sees <J, C, M>.
 
-`M` is float32 [T, H, W, 1] with 1 = known content and `C = video * M`. Mask kinds:
-  image_to_video: M = 1 on the whole first frame, 0 elsewhere.
-  inpainting:     M = 0 inside a box (every frame), 1 outside.
-  cinemagraph:    M = 1 on the whole first frame; later frames 1 only outside a box (the region to animate).
-  unconditional:  M = 0 everywhere (keeps the unconditional task alive during fine-tuning: the sampler sends
-                  text-to-video and SDEdit rows to the conditional model with C = M = 0).
+`M` is float32 [T, H, W, 1] with 1 = known content and `C = video * M`. The mask kinds and their formula are
+defined once, in lumiere_jax/condition_masks.py (image_to_video, inpainting, cinemagraph, unconditional); here
+they are drawn at random for training examples.
 Default rates (our choice; the paper is silent): the four kinds equally often, so a quarter of the
 fine-tuning examples are unconditional.
 During training C is the true clip times M for every kind (our choice); at sampling time a
 cinemagraph's C is the still image repeated over frames, which agrees with M on every known pixel
 only if the scene outside the box is static, which is what the user asks for.
-The constructors work eagerly too (call `.numpy()`), so sampling code can build the same masks.
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ import dataclasses
 
 import tensorflow as tf
 
-MASK_KINDS: tuple[str, ...] = ("image_to_video", "inpainting", "cinemagraph", "unconditional")
+from lumiere_jax.condition_masks import MASK_KINDS, condition_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,21 +49,10 @@ def box_mask(height: int, width: int, box: tf.Tensor) -> tf.Tensor:
     return tf.cast(inside, tf.float32)[..., None]
 
 
-def first_frame_mask(num_frames: int, height: int, width: int) -> tf.Tensor:
-    """Image-to-video: float32 [T, H, W, 1], 1 on frame 0."""
-    frame_is_first = tf.cast(tf.range(num_frames) == 0, tf.float32)
-    return tf.broadcast_to(frame_is_first[:, None, None, None], [num_frames, height, width, 1])
-
-
-def inpainting_mask(num_frames: int, height: int, width: int, box: tf.Tensor) -> tf.Tensor:
-    """float32 [T, H, W, 1]: 0 inside the box to fill, 1 outside, on every frame."""
-    return tf.broadcast_to(1.0 - box_mask(height, width, box)[None], [num_frames, height, width, 1])
-
-
-def cinemagraph_mask(num_frames: int, height: int, width: int, box: tf.Tensor) -> tf.Tensor:
-    """float32 [T, H, W, 1]: 1 on frame 0; on later frames 1 only outside the region to animate."""
-    return tf.maximum(
-        first_frame_mask(num_frames, height, width), inpainting_mask(num_frames, height, width, box))
+def kind_mask(kind: str, num_frames: int, height: int, width: int, box: tf.Tensor) -> tf.Tensor:
+    """float32 [T, H, W, 1]: the mask of `kind` (condition_masks.py) with `box` as the region to fill."""
+    region = tf.broadcast_to(box_mask(height, width, box)[None], [num_frames, height, width, 1])
+    return condition_mask(kind, region, maximum=tf.maximum)
 
 
 def random_box(seed: tf.Tensor, height: int, width: int, rates: MaskRates) -> tf.Tensor:
@@ -92,12 +77,7 @@ def sample_condition_mask(
     logits = tf.math.log([[getattr(rates, kind) for kind in MASK_KINDS]])
     kind = tf.cast(tf.random.stateless_categorical(logits, 1, kind_seed)[0, 0], tf.int32)
     box = random_box(box_seed, height, width, rates)
-    candidates = tf.stack([
-        first_frame_mask(num_frames, height, width),
-        inpainting_mask(num_frames, height, width, box),
-        cinemagraph_mask(num_frames, height, width, box),
-        tf.zeros([num_frames, height, width, 1]),
-    ])
+    candidates = tf.stack([kind_mask(kind, num_frames, height, width, box) for kind in MASK_KINDS])
     return candidates[kind], kind
 
 

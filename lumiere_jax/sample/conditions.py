@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from lumiere_jax import storage
+from lumiere_jax.condition_masks import condition_mask
 from lumiere_jax.data import video_io
 
 
@@ -122,31 +123,37 @@ def text_to_video(num_frames: int, height: int, width: int) -> tuple[np.ndarray,
     return (np.zeros((num_frames, height, width, 3), np.float32), np.zeros((num_frames, height, width, 1), np.float32))
 
 
+def _whole_frames(num_frames: int, height: int, width: int) -> np.ndarray:
+    return np.ones((num_frames, height, width, 1), np.float32)
+
+
 def image_to_video(image: np.ndarray, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """`image: [H, W, 3]` -> C = image then blank frames, M = 1 on frame 0."""
-    condition, mask = text_to_video(num_frames, *image.shape[:2])
+    mask = condition_mask("image_to_video", _whole_frames(num_frames, *image.shape[:2]))
+    condition = np.zeros((num_frames, *image.shape), np.float32)
     condition[0] = image
-    mask[0] = 1.0
     return condition, mask
 
 
 def video_extension(previous: np.ndarray, context_frames: int, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """`previous: [T0, H, W, 3]` -> C = its last `context_frames` frames, then blank; M = 1 on those frames."""
+    """`previous: [T0, H, W, 3]` -> C = its last `context_frames` frames, then blank; M = 1 on those frames
+    (image-to-video with `context_frames` known frames)."""
     if not 1 <= context_frames < num_frames:
         raise ConditionError(f"context_frames={context_frames} must lie in [1, {num_frames - 1}] (the new clip has "
                              f"{num_frames} frames and must add at least one)")
     if previous.shape[0] < context_frames:
         raise ConditionError(f"the previous clip has {previous.shape[0]} frames, fewer than context_frames="
                              f"{context_frames}; give a longer clip or fewer context frames")
-    condition, mask = text_to_video(num_frames, *previous.shape[1:3])
+    mask = condition_mask("image_to_video", _whole_frames(num_frames, *previous.shape[1:3]),
+                          context_frames=context_frames)
+    condition = np.zeros((num_frames, *previous.shape[1:]), np.float32)
     condition[:context_frames] = previous[-context_frames:]
-    mask[:context_frames] = 1.0
     return condition, mask
 
 
 def inpainting(video: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`video: [T, H, W, 3]`, `region: [T, H, W, 1]` (1 = fill) -> C = video, M = 1 - region."""
-    return np.asarray(video, np.float32), 1.0 - region
+    return np.asarray(video, np.float32), condition_mask("inpainting", region)
 
 
 def cinemagraph(image: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +161,4 @@ def cinemagraph(image: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.n
     M = 1 on frame 0 and outside the region on later frames."""
     num_frames = region.shape[0]
     condition = np.broadcast_to(image, (num_frames, *image.shape)).astype(np.float32)
-    mask = 1.0 - region
-    mask[0] = 1.0
-    return condition, mask
+    return condition, condition_mask("cinemagraph", region)

@@ -31,6 +31,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from lumiere_jax.condition_masks import condition_mask
+
 Params = Any
 Batch = dict[str, jax.Array]
 
@@ -217,5 +219,5 @@ def first_frame_condition(video: jax.Array) -> tuple[jax.Array, jax.Array]:
 
     `video: [B, T, H, W, 3]` -> `condition: [B, T, H, W, 3]`, `mask: [B, T, H, W, 1]`.
     """
-    mask = jnp.zeros((*video.shape[:-1], 1), video.dtype).at[:, 0].set(1.0)
+    mask = condition_mask("image_to_video", jnp.ones((*video.shape[:-1], 1), video.dtype), maximum=jnp.maximum)
     return video * mask, mask

@@ -21,12 +21,13 @@ def test_mask_constructors_match_numpy():
     np.testing.assert_array_equal(masks.box_mask(H, W, box).numpy(), inside)
     first = np.zeros((T, H, W, 1), np.float32)
     first[0] = 1.0
-    np.testing.assert_array_equal(masks.first_frame_mask(T, H, W).numpy(), first)
+    np.testing.assert_array_equal(masks.kind_mask("image_to_video", T, H, W, box).numpy(), first)
     inpaint = np.broadcast_to(1.0 - inside, (T, H, W, 1))
-    np.testing.assert_array_equal(masks.inpainting_mask(T, H, W, box).numpy(), inpaint)
+    np.testing.assert_array_equal(masks.kind_mask("inpainting", T, H, W, box).numpy(), inpaint)
     cinemagraph = inpaint.copy()
     cinemagraph[0] = 1.0
-    np.testing.assert_array_equal(masks.cinemagraph_mask(T, H, W, box).numpy(), cinemagraph)
+    np.testing.assert_array_equal(masks.kind_mask("cinemagraph", T, H, W, box).numpy(), cinemagraph)
+    np.testing.assert_array_equal(masks.kind_mask("unconditional", T, H, W, box).numpy(), np.zeros((T, H, W, 1)))
 
 
 @pytest.mark.parametrize("kind", masks.MASK_KINDS)
@@ -37,7 +38,7 @@ def test_a_single_nonzero_rate_always_picks_that_kind(kind):
         assert masks.MASK_KINDS[int(picked)] == kind
         mask = mask.numpy()
         if kind == "image_to_video":
-            np.testing.assert_array_equal(mask, masks.first_frame_mask(T, H, W).numpy())
+            assert mask[0].min() == 1.0 and mask[1:].max() == 0.0
         elif kind == "unconditional":
             assert mask.max() == 0
         else:

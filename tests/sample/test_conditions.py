@@ -23,16 +23,16 @@ def test_masks_match_the_training_masks():
     region = conditions.box_region(BOX_FRACTIONS, T, H, W)
 
     condition, mask = conditions.image_to_video(image, T)
-    np.testing.assert_array_equal(mask, masks.first_frame_mask(T, H, W).numpy())
+    np.testing.assert_array_equal(mask, masks.kind_mask("image_to_video", T, H, W, np.array(BOX_PIXELS)).numpy())
     np.testing.assert_array_equal(condition[0], image)
     assert not condition[1:].any()
 
     condition, mask = conditions.inpainting(video, region)
-    np.testing.assert_array_equal(mask, masks.inpainting_mask(T, H, W, np.array(BOX_PIXELS)).numpy())
+    np.testing.assert_array_equal(mask, masks.kind_mask("inpainting", T, H, W, np.array(BOX_PIXELS)).numpy())
     np.testing.assert_array_equal(condition, video)
 
     condition, mask = conditions.cinemagraph(image, region)
-    np.testing.assert_array_equal(mask, masks.cinemagraph_mask(T, H, W, np.array(BOX_PIXELS)).numpy())
+    np.testing.assert_array_equal(mask, masks.kind_mask("cinemagraph", T, H, W, np.array(BOX_PIXELS)).numpy())
     np.testing.assert_array_equal(condition, np.broadcast_to(image, (T, H, W, 3)))
 
     condition, mask = conditions.text_to_video(T, H, W)
