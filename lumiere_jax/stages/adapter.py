@@ -95,6 +95,11 @@ class ModelAdapter:
     def input_channels(self) -> int:
         return 3 + (CONDITION_CHANNELS if self.stage == "conditional" else 0)
 
+    @property
+    def low_res_channels(self) -> int:
+        """Input channels the model appends after x for its low-res input (SR stages)."""
+        return 3 if self.stage in SR_STAGES else 0
+
     def inputs_from_batch(self, batch: Batch, rng: jax.Array) -> ModelInputs:
         """Maps a data batch (ARCHITECTURE.md 'Batches') to the model inputs of this stage."""
         if self.stage == "t2i":
@@ -126,7 +131,8 @@ class ModelAdapter:
             condition = jnp.zeros((*x0.shape[:-1], CONDITION_CHANNELS), jnp.float32)
         low_res = None
         if self.stage in SR_STAGES:
-            low_res = jnp.zeros((*x0.shape[:-3], self.low_res_size, self.low_res_size, 3), jnp.float32)
+            low_res = jnp.zeros((*x0.shape[:-3], self.low_res_size, self.low_res_size, self.low_res_channels),
+                                jnp.float32)
         embed_dim = self.text_encoder.config.d_model
         text_embeddings = jnp.zeros((batch_size, self.text_length, embed_dim), jnp.float32)
         text_mask = jnp.ones((batch_size, self.text_length), bool)

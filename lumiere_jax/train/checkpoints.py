@@ -22,12 +22,11 @@ from typing import Any
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from lumiere_jax import faults, storage
-from lumiere_jax.models import param_paths
+from lumiere_jax.models import inflate, param_paths
 from lumiere_jax.parallel import multihost
 from lumiere_jax.stages import checkpoint_layout
 from lumiere_jax.train import data_snapshot_item
@@ -53,8 +52,9 @@ class CheckpointConfig:
         parameter path decides: None keeps the fresh initialisation, otherwise the source path is the regex
         substitution (groups allowed). Unmatched paths load from the same path. Frozen parameters must load.
       init_use_ema: load the source's EMA weights for its trainable parameters when it has them.
-      init_pad_input_channels: a source kernel with fewer input channels (axis -2) than the target is
-        zero-padded (paper 4.2: 3 -> 7 channels, new channels start at zero).
+      init_pad_input_channels: a source input conv with fewer input channels than the target is widened by
+        the model's weight surgery (`models.inflate.inflate_leaf`; paper 4.2: 3 -> 7 channels, the new ones
+        start at zero).
       data_snapshots: save the input pipeline's iterator with each checkpoint, so resuming reads no skipped
         batches (iterators without snapshots, and unusable snapshots, resume by skipping).
     """
@@ -255,11 +255,14 @@ def load_init_params(
     config: CheckpointConfig,
     abstract_params: dict[str, jax.ShapeDtypeStruct],
     frozen_paths: set[str],
+    low_res_channels: int = 0,
 ) -> dict[str, jax.Array]:
     """Loads parameters for initialisation from `config.init_from` through the assignment map.
 
     `abstract_params`: `{target path: ShapeDtypeStruct with sharding}`. Returns `{target path: array}` for the
-    paths that load; the others keep their fresh initialisation. Frozen targets must all load.
+    paths that load; the others keep their fresh initialisation. Frozen targets must all load. Each loaded
+    parameter goes through the model's weight surgery (`models.inflate.inflate_leaf`; `low_res_channels`: the
+    SR input channels after x in the input conv).
     """
     step_dir = checkpoint_layout.resolve_step_directory(config.init_from)
     source_keys, source_shapes = _source_paths(step_dir, config.init_use_ema)
@@ -272,7 +275,7 @@ def load_init_params(
             continue
         shape = source_shapes[source_path]
         if shape != tuple(target.shape) and not (
-                config.init_pad_input_channels and _pads_input_channels(shape, tuple(target.shape))):
+                config.init_pad_input_channels and inflate.widens_input(target_path, shape, tuple(target.shape))):
             problems.append(f"{target_path}: checkpoint shape {shape} != model shape {tuple(target.shape)}")
             continue
         plan[target_path] = source_path
@@ -296,17 +299,8 @@ def load_init_params(
         value = param_paths.get_path(restored, source_keys[source_path])
         target = abstract_params[target_path]
         if value.shape != tuple(target.shape):
-            value = _zero_pad_input_channels(value, target)
+            value = jax.jit(functools.partial(inflate.inflate_leaf, target_path, target_shape=tuple(target.shape),
+                                              low_res_channels=low_res_channels), out_shardings=target.sharding)(value)
         loaded[target_path] = value
     logging.info("initialised %d of %d parameters from %s", len(loaded), len(abstract_params), step_dir)
     return loaded
-
-
-def _pads_input_channels(source_shape: tuple[int, ...], target_shape: tuple[int, ...]) -> bool:
-    return (len(source_shape) == len(target_shape) >= 2 and source_shape[:-2] == target_shape[:-2]
-            and source_shape[-1] == target_shape[-1] and source_shape[-2] < target_shape[-2])
-
-
-def _zero_pad_input_channels(value: jax.Array, target: jax.ShapeDtypeStruct) -> jax.Array:
-    pad = [(0, 0)] * (value.ndim - 2) + [(0, target.shape[-2] - value.shape[-2]), (0, 0)]
-    return jax.jit(lambda v: jnp.pad(v, pad), out_shardings=target.sharding)(value)

@@ -258,19 +258,21 @@ def _build_state(adapter, checkpoint, mesh, rules, tx, use_ema, init_rng, model_
     if restored is not None:
         state, meta = restored
         return state, meta["data_state"], checkpointer, state_shardings
-    state = _initial_state(init_params, checkpoint, init_rng, tx, use_ema, mask, param_shardings,
+    state = _initial_state(adapter, checkpoint, init_rng, tx, use_ema, mask, param_shardings,
                            state_shardings, _sharded_abstract(abstract_params, param_shardings))
     return state, None, checkpointer, state_shardings
 
 
-def _initial_state(init_params, checkpoint, init_rng, tx, use_ema, mask, param_shardings, state_shardings,
+def _initial_state(adapter, checkpoint, init_rng, tx, use_ema, mask, param_shardings, state_shardings,
                    abstract_params) -> state_lib.TrainState:
-    """A fresh state: random initialisation, then parameters loaded through the assignment map if configured."""
-    params = jax.jit(lambda rng: partitioning.unbox(init_params(rng)), out_shardings=param_shardings)(init_rng)
+    """A fresh state: random initialisation, then parameters loaded through the assignment map if configured
+    (and the model's weight surgery, `models.inflate.inflate_leaf`)."""
+    params = jax.jit(lambda rng: partitioning.unbox(adapter.init(rng)), out_shardings=param_shardings)(init_rng)
     if checkpoint.init_from:
         _, frozen_abstract = state_lib.split_params(abstract_params, mask)
         loaded = checkpoints_lib.load_init_params(
-            checkpoint, param_paths.flatten(abstract_params), set(param_paths.flatten(frozen_abstract)))
+            checkpoint, param_paths.flatten(abstract_params), set(param_paths.flatten(frozen_abstract)),
+            low_res_channels=adapter.low_res_channels)
         params = param_paths.unflatten({**param_paths.flatten(params), **loaded})
     trainable, frozen = state_lib.split_params(params, mask)
     create = jax.jit(lambda t, f: state_lib.create_train_state(t, f, tx, use_ema), out_shardings=state_shardings)

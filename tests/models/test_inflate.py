@@ -10,7 +10,8 @@ import optax
 import pytest
 from flax import traverse_util
 
-from lumiere_jax.models.inflate import expand_input_channels, inflate_t2i_params, is_temporal, trainable_mask
+from lumiere_jax.models.inflate import (
+    expand_input_channels, inflate_leaf, inflate_t2i_params, is_temporal, trainable_mask)
 from lumiere_jax.models.unet import UNet, example_inputs
 
 
@@ -145,3 +146,20 @@ def test_static_clip_through_inflated_ssr_equals_image_sr_per_frame(unet_helpers
     image_out = np.asarray(h.forward(image_sr, sr_params, per_frame)).reshape(video_out.shape)
     np.testing.assert_allclose(video_out, image_out, rtol=1e-4, atol=1e-4)
     assert np.abs(image_out).mean() > 1e-2  # a real output, not zeros
+
+
+def test_t2i_inflates_into_a_conditional_stunet_through_the_one_leaf_rule(unet_helpers):
+    """T2I -> 7-channel STUNet in one call: the input conv widens as in `expand_input_channels` (new channels
+    zero, after x), every other T2I parameter is copied; other kernels of another shape are refused by name."""
+    h = unet_helpers
+    conditional = dataclasses.replace(h.TEST_STUNET, in_channels=7)
+    t2i_params = _random_tree(h, h.TEST_T2I, seed=11)
+    init = h.unbox(jax.jit(lambda key: UNet(conditional).init(key, **example_inputs(conditional)))(h.cheap_key()))
+    inflated = inflate_t2i_params(t2i_params, init["params"])
+    kernel = np.asarray(inflated["input_conv"]["kernel"])
+    np.testing.assert_array_equal(kernel[:, :, :3], np.asarray(t2i_params["input_conv"]["kernel"]))
+    np.testing.assert_array_equal(kernel[:, :, 3:], 0.0)
+    np.testing.assert_array_equal(kernel, np.asarray(expand_input_channels(t2i_params)["input_conv"]["kernel"]))
+
+    with pytest.raises(ValueError, match=r"output_conv/kernel: source shape \(3, 3, 16, 3\) cannot become"):
+        inflate_leaf("output_conv/kernel", jnp.zeros((3, 3, 16, 3)), (3, 3, 17, 3))

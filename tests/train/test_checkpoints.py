@@ -1,6 +1,7 @@
 """Checkpoints: retention (input snapshots included), restore onto another mesh, corrupted-latest fallback, model
 mismatch, init-from."""
 
+import dataclasses
 import glob
 import logging
 import os
@@ -166,16 +167,29 @@ def test_assignment_map_loads_spatial_pads_channels_and_skips_temporal(saved_run
     mesh = mesh_lib.make_mesh((2, 2, 2))
     replicated = NamedSharding(mesh, PartitionSpec())
     target = {
-        "spatial_conv/kernel": jax.ShapeDtypeStruct((3, 3, 7, 4), jnp.float32, sharding=replicated),
+        "input_conv/kernel": jax.ShapeDtypeStruct((3, 3, 7, 4), jnp.float32, sharding=replicated),
         "temporal_mix": jax.ShapeDtypeStruct((4,), jnp.float32, sharding=replicated),
     }
     config = checkpoints_lib.CheckpointConfig(
-        init_from=model_dir, assignment_map=((".*temporal.*", None),), init_pad_input_channels=True)
-    loaded = checkpoints_lib.load_init_params(config, target, frozen_paths={"spatial_conv/kernel"})
-    assert set(loaded) == {"spatial_conv/kernel"}  # temporal keeps its fresh initialisation
-    kernel = np.asarray(loaded["spatial_conv/kernel"])
+        init_from=model_dir, assignment_map=((".*temporal.*", None), ("input_conv/kernel", "spatial_conv/kernel")),
+        init_pad_input_channels=True)
+    loaded = checkpoints_lib.load_init_params(config, target, frozen_paths={"input_conv/kernel"})
+    assert set(loaded) == {"input_conv/kernel"}  # temporal keeps its fresh initialisation
+    kernel = np.asarray(loaded["input_conv/kernel"])
     np.testing.assert_array_equal(kernel[:, :, :3], np.full((3, 3, 3, 4), 5.0))  # latest step, frozen (no EMA)
     np.testing.assert_array_equal(kernel[:, :, 3:], 0.0)  # new input channels start at zero (paper 4.2)
+
+    # An SR source: its last input channel is low-res input; the new channels go before it, as the model
+    # concatenates [x, C, M, low-res].
+    loaded = checkpoints_lib.load_init_params(config, target, {"input_conv/kernel"}, low_res_channels=1)
+    kernel = np.asarray(loaded["input_conv/kernel"])
+    np.testing.assert_array_equal(kernel[:, :, [0, 1, 6]], np.full((3, 3, 3, 4), 5.0))
+    np.testing.assert_array_equal(kernel[:, :, 2:6], 0.0)
+
+    # Only the input conv widens: another kernel of fewer input channels is a shape mismatch.
+    other = {"spatial_conv/kernel": target["input_conv/kernel"]}
+    with pytest.raises(ValueError, match=r"spatial_conv/kernel: checkpoint shape \(3, 3, 3, 4\) != model shape"):
+        checkpoints_lib.load_init_params(dataclasses.replace(config, assignment_map=()), other, set())
 
     ema_config = checkpoints_lib.CheckpointConfig(init_from=os.path.join(model_dir, "checkpoints", "4"))
     loaded = checkpoints_lib.load_init_params(ema_config, {"temporal_mix": target["temporal_mix"]}, set())
