@@ -10,9 +10,10 @@ import jax
 import numpy as np
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import DDPMScheduler, UNet2DConditionModel
 from flax import traverse_util
 
+from lumiere_jax.diffusion import discrete
 from lumiere_jax.models import if_config, if_weights, inflate
 from lumiere_jax.models.config import TemporalConfig
 from lumiere_jax.models.if_unet import IFUNet, example_inputs, init_variables, upsample_aligned_corners
@@ -199,3 +200,34 @@ def test_inflated_model_on_a_static_clip_equals_the_image_model_per_frame(saved_
     video_out = _forward(video_config, params, clip)
     assert video_out.shape == (3, 4, 16, 16, 6)
     np.testing.assert_allclose(video_out, jax.numpy.repeat(image_out[:, None], 4, axis=1), atol=1e-5, rtol=1e-5)
+
+
+def test_sampler_steps_with_the_model_match_diffusers_scheduler(tmp_path):
+    """Three IF sampler steps (stage I): diffusers' torch model + DDPMScheduler (IF's config) against our converted
+    model driven in log-SNR (timestep_from_logsnr) + discrete.learned_range_step, with the same step noise."""
+    fields = STAGE_ONE
+    model = randomize(UNet2DConditionModel(**fields), seed=5)
+    model.save_pretrained(tmp_path)
+    config, params = if_weights.load_if_unet(str(tmp_path))
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                              variance_type="learned_range", prediction_type="epsilon", thresholding=True,
+                              dynamic_thresholding_ratio=0.95, sample_max_value=1.5)
+    scheduler.set_timesteps(3)
+    alphas_cumprod = discrete.squared_cosine_alphas_cumprod()
+    batch = inputs(fields)
+    theirs = torch.from_numpy(batch["x"]).permute(0, 3, 1, 2)
+    ours = jax.numpy.asarray(batch["x"])
+    generator, noise_generator = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    timesteps = [int(t) for t in scheduler.timesteps] + [-1]
+    for t, s in zip(timesteps[:-1], timesteps[1:]):
+        noise = torch.randn(theirs.shape, generator=noise_generator) if t > 0 else torch.zeros(theirs.shape)
+        with torch.no_grad():
+            output = model(theirs, t, torch.from_numpy(batch["text_embeddings"]),
+                           encoder_attention_mask=torch.from_numpy(batch["text_mask"])).sample
+        theirs = scheduler.step(output, t, theirs, generator=generator).prev_sample
+        logsnr_t, logsnr_s = (discrete.timestep_logsnr(jax.numpy.full((3,), step), alphas_cumprod) for step in (t, s))
+        model_batch = dict(batch, x=ours, timesteps=discrete.timestep_from_logsnr(logsnr_t, alphas_cumprod))
+        our_output = _forward(config, params, {k: jax.numpy.asarray(v) for k, v in model_batch.items()})
+        ours = discrete.learned_range_step(ours, our_output, logsnr_t, logsnr_s,
+                                           jax.numpy.asarray(noise.numpy().transpose(0, 2, 3, 1)))
+        np.testing.assert_allclose(ours, theirs.numpy().transpose(0, 2, 3, 1), atol=1e-4, rtol=1e-4)
