@@ -15,11 +15,11 @@ The inflated IF model keeps IF's parameterisation (eps + learned range, timestep
 spatial layers were trained on it, and the temporal layers start as identities, so any other target or
 conditioning would first have to retrain what IF already knows. `timestep_from_logsnr` lets our log-SNR
 samplers drive the model; with the IF timesteps' own log-SNRs the steps equal diffusers' DDPMScheduler's.
+The schedule itself (`alphas_cumprod`, timestep -> log-SNR, and the continuous-time "if_squared_cosine" our
+trainer draws from) lives in schedules.py.
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.numpy as jnp
@@ -27,42 +27,21 @@ import numpy as np
 
 from lumiere_jax.diffusion import guidance
 from lumiere_jax.diffusion import parameterization as param_lib
-from lumiere_jax.diffusion import samplers
+from lumiere_jax.diffusion import samplers, schedules
 
-NUM_TRAIN_TIMESTEPS = 1000
 IF_THRESHOLD_PERCENTILE = 95.0  # IF's dynamic thresholding: 95th percentile of |x0|, scale capped at 1.5
 IF_THRESHOLD_MAX_SCALE = 1.5
-
-
-def squared_cosine_alphas_cumprod(num_timesteps: int = NUM_TRAIN_TIMESTEPS, max_beta: float = 0.999) -> np.ndarray:
-    """`alphas_cumprod: [num_timesteps]` float32 of the squared-cosine schedule (betas in float64, product in
-    float32, as diffusers' "squaredcos_cap_v2")."""
-    def alpha_bar(s: float) -> float:
-        return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
-
-    betas = [min(1 - alpha_bar((i + 1) / num_timesteps) / alpha_bar(i / num_timesteps), max_beta)
-             for i in range(num_timesteps)]
-    return np.cumprod(1.0 - np.asarray(betas, np.float32), dtype=np.float32)
-
-
-def timestep_logsnr(timesteps: jax.Array, alphas_cumprod: jax.Array) -> jax.Array:
-    """`logsnr_t = log(alphas_cumprod[t] / (1 - alphas_cumprod[t]))` of integer `timesteps: [B]`; t = -1 (after
-    the last step: clean data) gives +inf."""
-    alphas_cumprod = jnp.asarray(alphas_cumprod, jnp.float32)
-    clean = timesteps < 0
-    alpha_bar = alphas_cumprod[jnp.where(clean, 0, timesteps)]
-    return jnp.where(clean, jnp.inf, jnp.log(alpha_bar) - jnp.log1p(-alpha_bar))
 
 
 def timestep_from_logsnr(logsnr: jax.Array, alphas_cumprod: jax.Array) -> jax.Array:
     """The (fractional) IF timestep with this log-SNR: piecewise-linear inverse of `timestep_logsnr` over
     0..N-1, clipped to that range; exact at the integer timesteps. `[B] -> [B]` float32."""
-    table = timestep_logsnr(jnp.arange(len(alphas_cumprod)), alphas_cumprod)  # decreasing in t
+    table = schedules.timestep_logsnr(jnp.arange(len(alphas_cumprod)), alphas_cumprod)  # decreasing in t
     steps = jnp.arange(len(alphas_cumprod), dtype=jnp.float32)
     return jnp.interp(-jnp.asarray(logsnr, jnp.float32), -table, steps)
 
 
-def leading_timesteps(num_steps: int, num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> np.ndarray:
+def leading_timesteps(num_steps: int, num_timesteps: int = schedules.IF_NUM_TIMESTEPS) -> np.ndarray:
     """IF's sampling timesteps (diffusers' "leading" spacing): `[num_steps]` int, from noisiest, step N // num_steps."""
     if not 0 < num_steps <= num_timesteps:
         raise ValueError(f"num_steps={num_steps} must lie in 1..{num_timesteps}")

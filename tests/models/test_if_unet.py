@@ -13,7 +13,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from flax import traverse_util
 
-from lumiere_jax.diffusion import discrete
+from lumiere_jax.diffusion import discrete, schedules
 from lumiere_jax.models import if_config, if_weights, inflate
 from lumiere_jax.models.config import TemporalConfig
 from lumiere_jax.models.if_unet import IFUNet, example_inputs, init_variables, upsample_aligned_corners
@@ -213,7 +213,7 @@ def test_sampler_steps_with_the_model_match_diffusers_scheduler(tmp_path):
                               variance_type="learned_range", prediction_type="epsilon", thresholding=True,
                               dynamic_thresholding_ratio=0.95, sample_max_value=1.5)
     scheduler.set_timesteps(3)
-    alphas_cumprod = discrete.squared_cosine_alphas_cumprod()
+    alphas_cumprod = schedules.squared_cosine_alphas_cumprod()
     batch = inputs(fields)
     theirs = torch.from_numpy(batch["x"]).permute(0, 3, 1, 2)
     ours = jax.numpy.asarray(batch["x"])
@@ -225,7 +225,7 @@ def test_sampler_steps_with_the_model_match_diffusers_scheduler(tmp_path):
             output = model(theirs, t, torch.from_numpy(batch["text_embeddings"]),
                            encoder_attention_mask=torch.from_numpy(batch["text_mask"])).sample
         theirs = scheduler.step(output, t, theirs, generator=generator).prev_sample
-        logsnr_t, logsnr_s = (discrete.timestep_logsnr(jax.numpy.full((3,), step), alphas_cumprod) for step in (t, s))
+        logsnr_t, logsnr_s = (schedules.timestep_logsnr(jax.numpy.full((3,), step), alphas_cumprod) for step in (t, s))
         model_batch = dict(batch, x=ours, timesteps=discrete.timestep_from_logsnr(logsnr_t, alphas_cumprod))
         our_output = _forward(config, params, {k: jax.numpy.asarray(v) for k, v in model_batch.items()})
         ours = discrete.learned_range_step(ours, our_output, logsnr_t, logsnr_s,
