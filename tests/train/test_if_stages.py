@@ -58,3 +58,13 @@ def test_train_from_an_imported_if_directory(stage, tmp_path, cli_env, synthetic
     assert set(frozen) == set(expected)
     for path, value in expected.items():
         np.testing.assert_array_equal(np.asarray(frozen[path]), np.asarray(value))
+    if stage == "stunet":  # the sampling job runs the trained IF STUNet (sample/if.gin)
+        prompts = tmp_path / "prompts.txt"
+        prompts.write_text("a red square moves right\n")
+        output_dir = tmp_path / "samples"
+        run(env, "lumiere_jax.sample", "--gin_file=sample/if.gin", "--gin_file=sample/cpu_tiny.gin",
+            f"--gin.IF_DIR={if_dir}", f"--gin.BASE_CHECKPOINT={model_dir}", f"--gin.PROMPTS={prompts}",
+            f"--gin.OUTPUT_DIR={output_dir}", "--gin.NUM_FRAMES=4", "--gin.TEXT_LENGTH=80",
+            "--gin.base/TemporalConfig.attention_blocks=1", "--gin.base/TemporalConfig.attention_heads=2",
+            "--gin.SamplingConfig.num_steps=2", "--gin.ModelsConfig.use_ema=False")
+        assert list(output_dir.rglob("*.mp4"))
