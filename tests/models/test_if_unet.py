@@ -14,7 +14,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from flax import traverse_util
 
 from lumiere_jax.diffusion import discrete, schedules
-from lumiere_jax.models import if_config, if_weights, inflate
+from lumiere_jax.models import if_config, if_weights, inflate, param_counts
 from lumiere_jax.models.config import TemporalConfig
 from lumiere_jax.models.if_unet import IFUNet, example_inputs, init_variables, upsample_aligned_corners
 from lumiere_jax.models.param_paths import is_temporal
@@ -231,3 +231,16 @@ def test_sampler_steps_with_the_model_match_diffusers_scheduler(tmp_path):
         ours = discrete.learned_range_step(ours, our_output, logsnr_t, logsnr_s,
                                            jax.numpy.asarray(noise.numpy().transpose(0, 2, 3, 1)))
         np.testing.assert_allclose(ours, theirs.numpy().transpose(0, 2, 3, 1), atol=1e-4, rtol=1e-4)
+
+
+def test_parameter_counts_from_a_config_json(tmp_path, capsys):
+    """`param_counts` on an IF config.json: the IF total, and the inflated STUNet adding only temporal parameters."""
+    config_json = tmp_path / "config.json"
+    config_json.write_text(json.dumps(STAGE_ONE))
+    param_counts.main([str(config_json)])
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    (image_total, image_temporal, _), (total, temporal, spatial) = (
+        [int(value.replace(",", "")) for value in line[1:]] for line in lines)
+    model = UNet2DConditionModel(**STAGE_ONE)
+    assert image_total == sum(p.numel() for p in model.parameters()) and image_temporal == 0
+    assert spatial == image_total and temporal > 0 and total == spatial + temporal
