@@ -174,6 +174,10 @@ def test_every_tensor_of_a_published_size_maps_to_a_parameter_of_its_shape():
     assert (config.attention_levels, config.layers_per_block, config.text_embed_dim) == ((1, 2, 3), (3,) * 4, 4096)
     theirs = {name: _flax_shape(tuple(tensor.shape), name) for name, tensor in model.state_dict().items()}
     abstract = jax.eval_shape(lambda rng: init_variables(config, rng), jax.random.key(0))
+    boxed = traverse_util.flatten_dict(abstract["params"])
+    unnamed = [path for path, leaf in boxed.items()
+               if not isinstance(leaf, nn.Partitioned) or len(leaf.names) != leaf.value.ndim]
+    assert not unnamed, f"parameters without logical axis names: {unnamed[:5]}"
     ours = {if_weights.diffusers_name(path, 4): leaf.shape
             for path, leaf in traverse_util.flatten_dict(nn.unbox(abstract)["params"]).items()}
     assert ours == theirs
