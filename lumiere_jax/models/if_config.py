@@ -168,7 +168,7 @@ def config_from_diffusers(fields: dict, **overrides) -> IFUNetConfig:
         pooling_heads=fields.get("addition_embed_type_num_heads", 64),
         norm_groups=fields["norm_num_groups"],
         noise_level_conditioning=class_embed == "timestep",
-        low_res_size=fields["sample_size"] // 4 if class_embed == "timestep" else 0,
+        low_res_size=fields["sample_size"] // 4 if class_embed == "timestep" else 0,  # IF's SR stages are 4x
         dropout_rate=fields.get("dropout", 0.0),
         **overrides,
     )
