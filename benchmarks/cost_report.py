@@ -9,6 +9,12 @@ the ratios STUNet / fixed.
     python -m benchmarks.cost_report --size small --devices 2          # quick
     PYTHONPATH=.bench_libtpu python -m benchmarks.cost_report --target tpu --topology v5:2x2x1
 
+DeepFloyd IF stage I inflated into a STUNet (runs/train_stunet_from_if.gin: 80 frames, 4 temporal attention
+blocks of 16 heads, bf16, per-block remat), from the downloaded model's config.json, e.g. IF-I-XL at 80x64x64:
+    PYTHONPATH=.bench_libtpu python -m benchmarks.cost_report --if-config IF-I-XL-v1.0/unet/config.json \
+        --variants stunet --target tpu --topology v5:2x2x1 --mesh 1,-1,1
+    (and --topology v6e:2x4 for a v6e slice)
+
 jax is imported only after the arguments are read: the fake CPU device count must be set before that.
 """
 
@@ -38,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--topology", default="", help="TPU topology for target tpu, e.g. v5:2x2x1 or v6e:2x4")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of stunet,fixed")
     parser.add_argument("--json", default="", help="also write the figures to this JSON file")
+    parser.add_argument("--if-config", default="",
+                        help="a DeepFloyd IF stage I unet/config.json: report its inflated STUNet instead of --size")
     args = parser.parse_args(argv)
     args.mesh = tuple(int(size) for size in args.mesh.split(","))
     args.variants = tuple(args.variants.split(","))
@@ -58,18 +66,34 @@ def variant_config(size: str, variant: str, frames: int, remat: str):
     return config
 
 
+def if_variant_config(config_json: str, variant: str, frames: int, remat: str):
+    """The IF U-Net of `config_json` inflated as runs/train_stunet_from_if.gin does (`variant` "fixed": without
+    temporal resampling), bf16 compute, per-block remat unless `remat` is "off"."""
+    from lumiere_jax.models import if_config  # noqa: PLC0415 -- imports jax: after the device count
+    from lumiere_jax.models.config import TemporalConfig  # noqa: PLC0415
+    temporal = TemporalConfig(num_frames=frames or 80, resampling=variant == "stunet", attention_blocks=4,
+                              attention_heads=16)
+    with open(config_json) as file:
+        fields = json.load(file)
+    return if_config.config_from_diffusers(fields, temporal=temporal, dtype="bfloat16", remat=remat != "off")
+
+
 def measure(args: argparse.Namespace, variant: str) -> dict:
     """Compiles one variant's step and returns its figures (per device unless named total)."""
     # These import jax: only after the fake device count is set (module docstring).
     from benchmarks import compiled_cost, minimal_step  # noqa: PLC0415
     from lumiere_jax.parallel import mesh as mesh_lib  # noqa: PLC0415
 
-    config = variant_config(args.size, variant, args.frames, args.remat)
+    if args.if_config:
+        config = if_variant_config(args.if_config, variant, args.frames, args.remat)
+    else:
+        config = variant_config(args.size, variant, args.frames, args.remat)
     devices = compiled_cost.target_devices(args.target, args.topology)
     mesh = mesh_lib.make_mesh(args.mesh, devices=devices)
     setup = minimal_step.setup(config, mesh, args.batch_per_device, video=True, freeze_spatial=True)
     cost = compiled_cost.compile_step(setup)
-    return dict(variant=variant, size=args.size, frames=config.temporal.num_frames, image_size=config.image_size,
+    size = f"IF {args.if_config}" if args.if_config else args.size
+    return dict(variant=variant, size=size, frames=config.temporal.num_frames, image_size=config.image_size,
                 remat=config.remat, dtype=config.dtype, mesh=dict(mesh.shape), num_devices=mesh.size,
                 device_kind=devices[0].device_kind, batch_per_device=args.batch_per_device,
                 global_batch=setup.args[3]["x0"].shape[0], num_params=setup.num_params,

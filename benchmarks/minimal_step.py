@@ -6,6 +6,7 @@ text dropout, gradient clipping, EMA and the non-finite guard (elementwise work 
 
 STUNet stage (paper section 2): the T2I weights are frozen and only the temporal parameters
 (`models.inflate.trainable_mask`) get gradients and optimizer state. Image stage: every parameter trains.
+An `IFUNetConfig` (DeepFloyd IF, models/if_unet.py) runs as the IF stage trains: eps-loss on IF's schedule.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ import optax
 
 from lumiere_jax.diffusion import losses
 from lumiere_jax.diffusion import schedules
+from lumiere_jax.models import if_unet
 from lumiere_jax.models import inflate
 from lumiere_jax.models import unet as unet_lib
 from lumiere_jax.models.config import UNetConfig
+from lumiere_jax.models.if_config import IFUNetConfig
 from lumiere_jax.parallel import mesh as mesh_lib
 from lumiere_jax.parallel import partitioning
+from lumiere_jax.stages.if_stage import IFDenoiser
 from lumiere_jax.train import state as state_lib
 
 LEARNING_RATE = 1e-4
@@ -39,7 +43,7 @@ class StepSetup:
     `args` are abstract (`jax.ShapeDtypeStruct`) arguments of `step`, `shardings` their NamedShardings.
     """
 
-    config: UNetConfig
+    config: UNetConfig | IFUNetConfig
     mesh: jax.sharding.Mesh
     optimizer: optax.GradientTransformation
     freeze_spatial: bool
@@ -72,13 +76,35 @@ def _trainable_mask(params: Any, freeze_spatial: bool) -> Any | None:
     return inflate.trainable_mask(params) if freeze_spatial else None
 
 
-def random_params(config: UNetConfig, seed: int = 0) -> Any:
-    """Random-normal parameters (scale 0.02) of `UNet(config)`, drawn by NumPy from the abstract tree.
+def _is_if(config: UNetConfig | IFUNetConfig) -> bool:
+    return isinstance(config, IFUNetConfig)
+
+
+def _boxed_params(config: UNetConfig | IFUNetConfig) -> Any:
+    """Abstract boxed parameters of our U-Net or of the IF U-Net (whose paths `IFDenoiser` shares)."""
+    init = if_unet.init_variables if _is_if(config) else unet_lib.init_variables
+    return jax.eval_shape(lambda: init(config, jax.random.key(0)))["params"]
+
+
+def _example_batch(config: UNetConfig | IFUNetConfig, global_batch: int, video: bool) -> dict:
+    """Abstract `{"x0", "text_embeddings", "text_mask"[, "low_res", "noise_aug_logsnr"]}` of the step."""
+    if _is_if(config):
+        inputs = jax.eval_shape(functools.partial(if_unet.example_inputs, config, global_batch, video))
+        inputs["noise_aug_logsnr"] = inputs.pop("noise_level", None)
+    else:
+        inputs = jax.eval_shape(functools.partial(unet_lib.example_inputs, config, global_batch, video))
+    batch = {"x0": inputs["x"], "text_embeddings": inputs["text_embeddings"], "text_mask": inputs["text_mask"]}
+    batch.update({key: inputs[key] for key in ("low_res", "noise_aug_logsnr") if inputs.get(key) is not None})
+    return batch
+
+
+def random_params(config: UNetConfig | IFUNetConfig, seed: int = 0) -> Any:
+    """Random-normal parameters (scale 0.02) of the model of `config`, drawn by NumPy from the abstract tree.
 
     Speed does not depend on the values, and XLA:CPU takes minutes to compile a U-Net's real (threefry) init.
     """
     rng = np.random.default_rng(seed)
-    abstract = nn.unbox(jax.eval_shape(lambda: unet_lib.init_variables(config, jax.random.key(0)))["params"])
+    abstract = nn.unbox(_boxed_params(config))
     return jax.tree.map(lambda leaf: jnp.asarray(0.02 * rng.standard_normal(leaf.shape), leaf.dtype), abstract)
 
 
@@ -90,7 +116,7 @@ def _random_like(key: jax.Array, leaf: jax.ShapeDtypeStruct) -> jax.Array:
 
 
 def _train_step(trainable, frozen, opt_state, batch, rng, *, module: nn.Module,
-                optimizer: optax.GradientTransformation, schedule: schedules.Schedule):
+                optimizer: optax.GradientTransformation, schedule: schedules.Schedule, parameterization: str):
     """One step; `batch = {"x0": [B, (T,) H, W, 3], "text_embeddings": [B, L, D], "text_mask": [B, L]}`."""
     noise_rng, dropout_rng = jax.random.split(jax.random.wrap_key_data(rng))
     x0 = batch["x0"]
@@ -101,22 +127,22 @@ def _train_step(trainable, frozen, opt_state, batch, rng, *, module: nn.Module,
         params = state_lib.merge_params(trainable_params, frozen)
         prediction = module.apply({"params": params}, z, logsnr, batch["text_embeddings"], batch["text_mask"],
                                   train=True, rngs={"dropout": dropout_rng}, **low_res)
-        return losses.diffusion_loss(prediction, x0, eps, logsnr, "v")
+        return losses.diffusion_loss(prediction, x0, eps, logsnr, parameterization)
 
     loss, grads = jax.value_and_grad(loss_fn)(trainable)
     updates, opt_state = optimizer.update(grads, opt_state, trainable)
     return optax.apply_updates(trainable, updates), opt_state, loss
 
 
-def setup(config: UNetConfig, mesh: jax.sharding.Mesh, batch_per_shard: int, video: bool,
+def setup(config: UNetConfig | IFUNetConfig, mesh: jax.sharding.Mesh, batch_per_shard: int, video: bool,
           freeze_spatial: bool) -> StepSetup:
     """Abstract arguments and shardings of the step for `config` on `mesh`.
 
     The global batch is `batch_per_shard` times the data-parallel ways (data x fsdp). `video=False` trains the
     image (T2I) network on `[B, H, W, 3]`; `freeze_spatial` trains only the temporal parameters.
     """
-    module = unet_lib.UNet(config)
-    boxed = jax.eval_shape(lambda: unet_lib.init_variables(config, jax.random.key(0)))["params"]
+    module = IFDenoiser(config) if _is_if(config) else unet_lib.UNet(config)
+    boxed = _boxed_params(config)
     params = nn.unbox(boxed)
     param_shardings = partitioning.shardings_from_logical(
         partitioning.logical_specs(boxed), mesh, mesh_lib.LOGICAL_AXIS_RULES, abstract_tree=params)
@@ -132,16 +158,13 @@ def setup(config: UNetConfig, mesh: jax.sharding.Mesh, batch_per_shard: int, vid
         transform_non_params=lambda _: replicated)
 
     global_batch = batch_per_shard * mesh_lib.data_axis_size(mesh)
-    inputs = jax.eval_shape(functools.partial(unet_lib.example_inputs, config, global_batch, video))
-    batch = {"x0": inputs["x"], "text_embeddings": inputs["text_embeddings"], "text_mask": inputs["text_mask"]}
-    for key in ("low_res", "noise_aug_logsnr"):
-        if key in inputs:
-            batch[key] = inputs[key]
+    batch = _example_batch(config, global_batch, video)
     batch_shardings = partitioning.batch_shardings(batch, mesh)
     rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
 
-    step = functools.partial(_train_step, module=module, optimizer=optimizer,
-                             schedule=schedules.get_schedule("cosine"))
+    schedule = schedules.get_schedule("if_squared_cosine" if _is_if(config) else "cosine")
+    step = functools.partial(_train_step, module=module, optimizer=optimizer, schedule=schedule,
+                             parameterization="eps" if _is_if(config) else "v")
 
     def count(tree) -> int:
         return sum(leaf.size for leaf in jax.tree.leaves(tree))

@@ -51,16 +51,19 @@ def interval_weight(weight: float | jax.Array, logsnr: jax.Array, logsnr_interva
     return jnp.where(param_lib.broadcast_to_rank(inside, ndim), weight, 1.0)
 
 
-def dynamic_threshold(x0: jax.Array, percentile: float = 99.5) -> jax.Array:
+def dynamic_threshold(x0: jax.Array, percentile: float = 99.5, max_scale: float | None = None) -> jax.Array:
     """Imagen's dynamic thresholding of a predicted `x0: [B, ...]`.
 
-    Per example, `s = max(percentile_p(|x0|) over all non-batch dims, 1)`; returns `clip(x0, -s, s) / s`.
-    Data already inside [-1, 1] with `s = 1` is unchanged. Percentiles use linear interpolation (as NumPy).
+    Per example, `s = max(percentile_p(|x0|) over all non-batch dims, 1)`, capped at `max_scale` when given (IF's
+    sampler: 95th percentile, cap 1.5); returns `clip(x0, -s, s) / s`. Data already inside [-1, 1] with `s = 1`
+    is unchanged. Percentiles use linear interpolation (as NumPy).
     """
     if not 0.0 <= percentile <= 100.0:
         raise ValueError(f"percentile={percentile} must lie in [0, 100] (Imagen uses 99.5)")
     flat = jnp.abs(x0.reshape(x0.shape[0], -1)).astype(jnp.float32)
     scale = jnp.maximum(jnp.percentile(flat, percentile, axis=1), 1.0)
+    if max_scale is not None:
+        scale = jnp.minimum(scale, max_scale)
     scale = param_lib.broadcast_to_rank(scale, x0.ndim).astype(x0.dtype)
     return jnp.clip(x0, -scale, scale) / scale
 

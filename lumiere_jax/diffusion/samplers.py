@@ -62,6 +62,19 @@ def ddim_step(
     return alpha_s * x0_hat + eps_scale * eps_hat + jnp.sqrt(noise_variance) * noise
 
 
+def posterior_mean(z: jax.Array, x0_hat: jax.Array, logsnr_t: jax.Array, logsnr_s: jax.Array) -> jax.Array:
+    """Mean of `q(z_s | z_t, x0 = x0_hat)`:
+        alpha_ts sigma_s^2 / sigma_t^2 * z_t + alpha_s sigma_ts^2 / sigma_t^2 * x0_hat
+    with `alpha_ts = alpha_t / alpha_s`, `sigma_ts^2 = sigma_t^2 - alpha_ts^2 sigma_s^2`.
+    """
+    alpha_t, sigma_t = param_lib.alpha_sigma_like(logsnr_t, z)
+    alpha_s, sigma_s = param_lib.alpha_sigma_like(logsnr_s, z)
+    # sigma_ts^2 / sigma_t^2 = 1 - exp(logsnr_t - logsnr_s), written stably.
+    kept_fraction = param_lib.broadcast_to_rank(
+        -jnp.expm1(jnp.asarray(logsnr_t, jnp.float32) - logsnr_s), z.ndim)
+    return alpha_t / alpha_s * jnp.square(sigma_s) / jnp.square(sigma_t) * z + alpha_s * kept_fraction * x0_hat
+
+
 def ddpm_step(
     z: jax.Array,
     x0_hat: jax.Array,
@@ -71,18 +84,10 @@ def ddpm_step(
 ) -> jax.Array:
     """One ancestral step: a sample of the Gaussian posterior `q(z_s | z_t, x0 = x0_hat)`.
 
-    With `alpha_ts = alpha_t / alpha_s` and `sigma_ts^2 = sigma_t^2 - alpha_ts^2 sigma_s^2`:
-        mean     = alpha_ts sigma_s^2 / sigma_t^2 * z_t + alpha_s sigma_ts^2 / sigma_t^2 * x0_hat
-        variance = sigma_ts^2 sigma_s^2 / sigma_t^2
+    Mean: `posterior_mean`; variance `posterior_variance = sigma_ts^2 sigma_s^2 / sigma_t^2`.
     """
-    alpha_t, sigma_t = param_lib.alpha_sigma_like(logsnr_t, z)
-    alpha_s, sigma_s = param_lib.alpha_sigma_like(logsnr_s, z)
-    alpha_ts = alpha_t / alpha_s
-    # sigma_ts^2 / sigma_t^2 = 1 - exp(logsnr_t - logsnr_s), written stably.
-    kept_fraction = param_lib.broadcast_to_rank(
-        -jnp.expm1(jnp.asarray(logsnr_t, jnp.float32) - logsnr_s), z.ndim)
-    mean = alpha_ts * jnp.square(sigma_s) / jnp.square(sigma_t) * z + alpha_s * kept_fraction * x0_hat
-    return mean + jnp.sqrt(kept_fraction) * sigma_s * noise
+    variance = param_lib.broadcast_to_rank(posterior_variance(logsnr_t, logsnr_s), z.ndim)
+    return posterior_mean(z, x0_hat, logsnr_t, logsnr_s) + jnp.sqrt(variance) * noise
 
 
 def multistep_weights(logsnrs: jax.Array) -> jax.Array:

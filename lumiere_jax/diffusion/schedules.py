@@ -14,11 +14,13 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Schedule = Callable[[jax.Array], jax.Array]
 
 DEFAULT_LOGSNR_MIN = -20.0
 DEFAULT_LOGSNR_MAX = 20.0
+IF_NUM_TIMESTEPS = 1000  # DeepFloyd IF's discrete DDPM (diffusion/discrete.py)
 
 
 def alpha_sigma(logsnr: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -83,9 +85,37 @@ def logsnr_shifted_cosine(
     return logsnr_cosine(t, logsnr_min, logsnr_max) + shift
 
 
+def squared_cosine_alphas_cumprod(num_timesteps: int = IF_NUM_TIMESTEPS, max_beta: float = 0.999) -> np.ndarray:
+    """`alphas_cumprod: [num_timesteps]` float32 of the squared-cosine schedule (betas in float64, product in
+    float32, as diffusers' "squaredcos_cap_v2")."""
+    def alpha_bar(s: float) -> float:
+        return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = [min(1 - alpha_bar((i + 1) / num_timesteps) / alpha_bar(i / num_timesteps), max_beta)
+             for i in range(num_timesteps)]
+    return np.cumprod(1.0 - np.asarray(betas, np.float32), dtype=np.float32)
+
+
+def timestep_logsnr(timesteps: jax.Array, alphas_cumprod: jax.Array) -> jax.Array:
+    """`logsnr_t = log(alphas_cumprod[t] / (1 - alphas_cumprod[t]))` of integer `timesteps: [B]`; t = -1 (after
+    the last step: clean data) gives +inf."""
+    alphas_cumprod = jnp.asarray(alphas_cumprod, jnp.float32)
+    clean = timesteps < 0
+    alpha_bar = alphas_cumprod[jnp.where(clean, 0, timesteps)]
+    return jnp.where(clean, jnp.inf, jnp.log(alpha_bar) - jnp.log1p(-alpha_bar))
+
+
+def logsnr_if_squared_cosine(t: jax.Array, num_timesteps: int = IF_NUM_TIMESTEPS) -> jax.Array:
+    """DeepFloyd IF's discrete squared-cosine schedule in continuous time: `t in [0, 1]` is IF timestep
+    `t * (num_timesteps - 1)`, log-SNR linear between IF's integer timesteps (exact at them)."""
+    table = timestep_logsnr(jnp.arange(num_timesteps), squared_cosine_alphas_cumprod(num_timesteps))
+    return jnp.interp(jnp.asarray(t, jnp.float32) * (num_timesteps - 1), jnp.arange(num_timesteps), table)
+
+
 SCHEDULES: dict[str, Callable[..., jax.Array]] = {
     "cosine": logsnr_cosine,
     "shifted_cosine": logsnr_shifted_cosine,
+    "if_squared_cosine": logsnr_if_squared_cosine,
 }
 
 

@@ -49,14 +49,14 @@ def dense_layer(features: int, *, name: str, dtype: Dtype, param_dtype: Dtype,
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)), name=name)
 
 
-def group_norm(groups: int, *, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=groups, dtype=dtype, param_dtype=param_dtype,
+def group_norm(groups: int, *, name: str, dtype: Dtype, param_dtype: Dtype, epsilon: float = 1e-6) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
                         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), name=name)
 
 
-def layer_norm(*, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
-    return nn.LayerNorm(dtype=dtype, param_dtype=param_dtype,
+def layer_norm(*, name: str, dtype: Dtype, param_dtype: Dtype, epsilon: float = 1e-6) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
                         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), name=name)
 

@@ -32,6 +32,8 @@ Each temporal block follows the pretrained block (res + attention) with the same
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -43,8 +45,11 @@ from lumiere_jax.models.layers import (CrossAttentionBlock, Downsample, ResBlock
 from lumiere_jax.models.temporal import (SpaceTimeConvBlock, TemporalAttentionBlock, TemporalDownsample,
                                          TemporalUpsample, batch_to_frames, frames_to_batch)
 
+if TYPE_CHECKING:
+    from lumiere_jax.models.if_config import IFUNetConfig
 
-def frames_per_level(config: UNetConfig, num_frames: int) -> tuple[int, ...]:
+
+def frames_per_level(config: UNetConfig | IFUNetConfig, num_frames: int) -> tuple[int, ...]:
     """Frames at each level for a clip of `num_frames`; raises if the temporal downsamples don't divide it."""
     downsamples = config.temporal_downsamples
     factor = 2 ** downsamples
@@ -52,7 +57,7 @@ def frames_per_level(config: UNetConfig, num_frames: int) -> tuple[int, ...]:
         raise ValueError(f"num_frames={num_frames} must be divisible by 2**{downsamples}={factor} for "
                          f"{downsamples} temporal downsamples; choose a multiple of {factor} frames or a config "
                          f"with fewer levels or temporal.resampling=False")
-    return tuple(num_frames // 2 ** min(level, downsamples) for level in range(len(config.channel_multipliers)))
+    return tuple(num_frames // 2 ** min(level, downsamples) for level in range(config.num_downsamples + 1))
 
 
 def example_inputs(config: UNetConfig, batch_size: int = 1, video: bool | None = None) -> dict[str, jax.Array]:

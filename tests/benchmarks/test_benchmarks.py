@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -166,3 +171,29 @@ def test_pair_consistency_flags_a_colour_change_and_a_jump():
     assert np.flatnonzero(~consistent).tolist() == [7]
     consistent, with_motion = long_video.pair_consistency(synthetic_quality.analyse_video(jumped))
     assert consistent.all() and np.flatnonzero(~with_motion).tolist() == [7]
+
+
+def test_cost_report_of_an_inflated_if_model(tmp_path):
+    """The IF-I STUNet report from a (tiny) IF unet/config.json, compiled on the CPU backend (the command line:
+    fake devices must be requested before jax is imported)."""
+    fields = dict(act_fn="gelu", addition_embed_type="text", resnet_time_scale_shift="scale_shift",
+                  mid_block_type="UNetMidBlock2DSimpleCrossAttn", cross_attention_norm="group_norm", norm_eps=1e-5,
+                  sample_size=16, in_channels=3, out_channels=6, block_out_channels=[16, 32], layers_per_block=1,
+                  attention_head_dim=8, encoder_hid_dim=32, cross_attention_dim=32,
+                  addition_embed_type_num_heads=4, norm_num_groups=4,
+                  down_block_types=["ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"],
+                  up_block_types=["SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"])
+    config_json = tmp_path / "config.json"
+    config_json.write_text(json.dumps(fields))
+    report = tmp_path / "report.json"
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cost_report", "--if-config", str(config_json), "--frames", "4",
+         "--variants", "stunet", "--mesh", "1,2,1", "--devices", "2", "--json", str(report)],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads(report.read_text())["rows"]["stunet"]
+    assert row["frames"] == 4 and row["image_size"] == 16 and row["dtype"] == "bfloat16"
+    assert 0 < row["num_trainable"] < row["num_params"] and row["flops"] > 0 and row["peak_bytes"] > 0
+    assert "[stunet] IF" in result.stdout

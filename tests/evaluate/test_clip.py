@@ -64,9 +64,10 @@ def test_image_and_text_embeddings_match_transformers(hf_model):
     for row, length in enumerate([5, 7, 2]):
         mask[row, :length] = True
     with torch.no_grad():
-        expected_image = hf_model.get_image_features(pixel_values=torch.from_numpy(images)).numpy()
-        expected_text = hf_model.get_text_features(input_ids=torch.from_numpy(tokens),
-                                                   attention_mask=torch.from_numpy(mask.astype(np.int64))).numpy()
+        expected_image = hf_model.get_image_features(pixel_values=torch.from_numpy(images)).pooler_output.numpy()
+        expected_text = hf_model.get_text_features(
+            input_ids=torch.from_numpy(tokens), attention_mask=torch.from_numpy(mask.astype(np.int64))
+        ).pooler_output.numpy()
     model = clip.CLIP(config)
     image = jax.jit(lambda x: model.apply(variables, x, method=clip.CLIP.encode_image))(images.transpose(0, 2, 3, 1))
     text = jax.jit(lambda t, m: model.apply(variables, t, m, method=clip.CLIP.encode_text))(tokens, mask)
@@ -109,9 +110,9 @@ def test_clip_similarity_from_converted_files(hf_model, vocab_files, tmp_path):
     tokens, mask = similarity.tokenizer(prompts)
     with torch.no_grad():
         pixel_values = torch.from_numpy(np.array(frames.transpose(0, 3, 1, 2)))
-        image = hf_model.get_image_features(pixel_values=pixel_values).numpy()
+        image = hf_model.get_image_features(pixel_values=pixel_values).pooler_output.numpy()
         text = hf_model.get_text_features(input_ids=torch.from_numpy(tokens.astype(np.int64)),
-                                          attention_mask=torch.from_numpy(mask.astype(np.int64))).numpy()
+                                          attention_mask=torch.from_numpy(mask.astype(np.int64))).pooler_output.numpy()
     image = image / np.linalg.norm(image, axis=-1, keepdims=True)
     text = text / np.linalg.norm(text, axis=-1, keepdims=True)
     expected = np.einsum("btp,bp->bt", image.reshape(3, 4, -1), text).mean(axis=1)

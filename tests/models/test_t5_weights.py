@@ -63,20 +63,41 @@ def reference(torch_encoder):
     return torch_reference(torch_encoder)
 
 
-@pytest.mark.parametrize("save_kwargs", [
-    dict(safe_serialization=True),
-    dict(safe_serialization=True, max_shard_size="20KB"),  # model.safetensors.index.json
-    dict(safe_serialization=False),  # pytorch_model.bin
-    dict(safe_serialization=False, max_shard_size="20KB"),  # pytorch_model.bin.index.json
+def save_torch_bin(model: torch.nn.Module, directory, num_shards: int) -> None:
+    """Writes the legacy PyTorch layout: pytorch_model.bin, or shards with pytorch_model.bin.index.json.
+
+    transformers 5 writes safetensors only, so checkpoints in the older layout are written here by hand.
+    """
+    model.config.save_pretrained(directory)
+    state_dict = model.state_dict()
+    if num_shards == 1:
+        torch.save(state_dict, directory / "pytorch_model.bin")
+        return
+    names = list(state_dict)
+    weight_map = {}
+    for shard in range(num_shards):
+        file_name = f"pytorch_model-{shard + 1:05d}-of-{num_shards:05d}.bin"
+        shard_names = names[shard::num_shards]
+        torch.save({name: state_dict[name] for name in shard_names}, directory / file_name)
+        weight_map.update(dict.fromkeys(shard_names, file_name))
+    (directory / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+@pytest.mark.parametrize("save, layout_file", [
+    (lambda model, directory: model.save_pretrained(directory), "model.safetensors"),
+    (lambda model, directory: model.save_pretrained(directory, max_shard_size="20KB"), "model.safetensors.index.json"),
+    (lambda model, directory: save_torch_bin(model, directory, num_shards=1), "pytorch_model.bin"),
+    (lambda model, directory: save_torch_bin(model, directory, num_shards=3), "pytorch_model.bin.index.json"),
 ], ids=["safetensors", "safetensors_sharded", "torch_bin", "torch_bin_sharded"])
-def test_loaded_encoder_matches_transformers(torch_encoder, reference, save_kwargs, tmp_path):
-    torch_encoder.save_pretrained(tmp_path, **save_kwargs)
+def test_loaded_encoder_matches_transformers(torch_encoder, reference, save, layout_file, tmp_path):
+    save(torch_encoder, tmp_path)
+    assert (tmp_path / layout_file).is_file()
     assert_matches(tmp_path, reference)
 
 
 def test_full_encoder_decoder_checkpoint_loads_encoder_only(tmp_path):
     model = randomize(T5ForConditionalGeneration(T5Config(**HF_CONFIG)), seed=1)
-    model.save_pretrained(tmp_path, safe_serialization=True)
+    model.save_pretrained(tmp_path)
     assert_matches(tmp_path, torch_reference(model.encoder))
 
 
@@ -149,7 +170,7 @@ def test_missing_files_are_named(tmp_path):
 
 
 def test_torch_checkpoint_without_torch_says_how_to_fix(torch_encoder, tmp_path, monkeypatch):
-    torch_encoder.save_pretrained(tmp_path, safe_serialization=False)
+    save_torch_bin(torch_encoder, tmp_path, num_shards=1)
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
     with pytest.raises(ImportError, match="safetensors"):
         t5_weights.read_state_dict(str(tmp_path))
