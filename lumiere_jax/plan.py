@@ -264,6 +264,9 @@ def report_lines(result: dict, chips: chips_lib.ChipSpecs, hbm_gib: float | None
         result["device_kind"], result["num_chips"], result["examples"], compiled_lib.CompiledCost(**result["cost"]),
         result["model_flops"] / result["num_chips"], peak, source, hbm, chips.headroom)
     lines += estimate.lines()
+    if result.get("windows_per_call") not in (None, result.get("windows")):
+        lines.append("XLA's cost analysis counts the body of the loop over window chunks once: its FLOPs are one "
+                     "chunk's (plus fusion); the analytic model FLOPs cover all windows")
     rate, seconds = result.get("matmul_flops_per_second"), estimate.cost.optimal_seconds
     if rate and seconds:
         lines.append(f"cost-model efficiency: model FLOPs / (step time x {MATMUL_SIZE}^3 bf16 matmul rate "
