@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 
 from benchmarks import fake_devices
 
@@ -79,9 +80,11 @@ def if_variant_config(config_json: str, variant: str, frames: int, remat: str):
 
 
 def measure(args: argparse.Namespace, variant: str) -> dict:
-    """Compiles one variant's step and returns its figures (per device unless named total)."""
+    """Compiles one variant's step and returns its figures (per device unless named total); a step the
+    compiler refuses for memory gives a row with `out_of_memory` (needed vs available) instead."""
     # These import jax: only after the fake device count is set (module docstring).
     from benchmarks import compiled_cost, minimal_step  # noqa: PLC0415
+    from lumiere_jax.parallel import compiled as compiled_lib  # noqa: PLC0415
     from lumiere_jax.parallel import mesh as mesh_lib  # noqa: PLC0415
 
     if args.if_config:
@@ -91,13 +94,22 @@ def measure(args: argparse.Namespace, variant: str) -> dict:
     devices = compiled_cost.target_devices(args.target, args.topology)
     mesh = mesh_lib.make_mesh(args.mesh, devices=devices)
     setup = minimal_step.setup(config, mesh, args.batch_per_device, video=True, freeze_spatial=True)
-    cost = compiled_cost.compile_step(setup)
     size = f"IF {args.if_config}" if args.if_config else args.size
-    return dict(variant=variant, size=size, frames=config.temporal.num_frames, image_size=config.image_size,
-                remat=config.remat, dtype=config.dtype, mesh=dict(mesh.shape), num_devices=mesh.size,
-                device_kind=devices[0].device_kind, batch_per_device=args.batch_per_device,
-                global_batch=setup.args[3]["x0"].shape[0], num_params=setup.num_params,
-                num_trainable=setup.num_trainable, total_flops=cost.flops * mesh.size, **cost.summary())
+    row = dict(variant=variant, size=size, frames=config.temporal.num_frames, image_size=config.image_size,
+               remat=config.remat, dtype=config.dtype, mesh=dict(mesh.shape), num_devices=mesh.size,
+               device_kind=devices[0].device_kind, batch_per_device=args.batch_per_device,
+               global_batch=setup.args[3]["x0"].shape[0], num_params=setup.num_params,
+               num_trainable=setup.num_trainable)
+    start = time.perf_counter()
+    try:
+        cost = compiled_cost.compile_step(setup)
+    except Exception as error:  # only a refusal for memory becomes a row
+        refusal = compiled_lib.parse_out_of_memory(error)
+        if refusal is None:
+            raise
+        return dict(row, out_of_memory=dataclasses.asdict(refusal), compile_seconds=time.perf_counter() - start)
+    return dict(row, total_flops=cost.flops * mesh.size, compile_seconds=time.perf_counter() - start,
+                **cost.summary())
 
 
 def format_row(row: dict) -> str:
@@ -110,6 +122,11 @@ def format_row(row: dict) -> str:
         f"batch/device={row['batch_per_device']} global batch={row['global_batch']}",
         f"  params {row['num_params'] / 1e6:.1f}M, trained {row['num_trainable'] / 1e6:.1f}M; "
         f"compile {row['compile_seconds']:.0f} s",
+    ]
+    if "out_of_memory" in row:
+        from lumiere_jax.parallel import compiled as compiled_lib  # noqa: PLC0415 -- imports jax
+        return "\n".join(lines + ["  " + compiled_lib.OutOfMemory(**row["out_of_memory"]).describe()])
+    lines += [
         f"  FLOPs per device {row['flops'] / 1e12:.2f} TFLOP, all devices {row['total_flops'] / 1e12:.2f} TFLOP; "
         f"bytes accessed {row['bytes_accessed'] / 2.0 ** 30:.1f} GiB"
         + (f"; cost-model time {row['optimal_seconds']:.3f} s" if row["optimal_seconds"] else ""),
@@ -136,7 +153,7 @@ def main(argv=None) -> int:
         rows[variant] = measure(args, variant)
         print(format_row(rows[variant]), flush=True)
     result = {"rows": rows}
-    if set(rows) == set(VARIANTS):
+    if set(rows) == set(VARIANTS) and not any("out_of_memory" in row for row in rows.values()):
         result["ratios"] = ratios(rows)
         print("STUNet / fixed temporal resolution: " + ", ".join(
             f"{key} {value:.3f}" for key, value in result["ratios"].items()))

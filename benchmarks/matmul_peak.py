@@ -1,4 +1,5 @@
-"""Best float32 matmul FLOP/s this process reaches: the yardstick for the other benchmarks' achieved FLOP/s.
+"""Best float32 matmul FLOP/s this process reaches: the yardstick for the other benchmarks' achieved FLOP/s
+(the measurement lives in `lumiere_jax.parallel.chips`, where the trainer's MFU falls back to it on CPU).
 
     python -m benchmarks.matmul_peak
 """
@@ -6,32 +7,11 @@
 from __future__ import annotations
 
 import argparse
-import time
 
-import jax
-import jax.numpy as jnp
+from lumiere_jax.parallel.chips import matmul_flops_per_second, time_best
 
 DEFAULT_SIZES = (1024, 2048)
-
-
-def time_best(fn, *args, repeats: int) -> float:
-    """Fastest of `repeats` timed calls (after one warm-up call that also compiles), in seconds."""
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def matmul_flops_per_second(size: int, repeats: int = 5) -> float:
-    """FLOP/s of the best of `repeats` float32 `[size, size] @ [size, size]` products (2 * size^3 FLOPs each)."""
-    key_a, key_b = jax.random.split(jax.random.key(0))
-    a = jax.random.normal(key_a, (size, size), jnp.float32)
-    b = jax.random.normal(key_b, (size, size), jnp.float32)
-    seconds = time_best(jax.jit(jnp.matmul), a, b, repeats=repeats)
-    return 2.0 * size ** 3 / seconds
+__all__ = ["matmul_flops_per_second", "peak_flops_per_second", "time_best"]
 
 
 def peak_flops_per_second(sizes=DEFAULT_SIZES, repeats: int = 5) -> float:

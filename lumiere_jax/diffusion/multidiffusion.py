@@ -11,12 +11,15 @@ fusing x0 predictions and taking one global step equals fusing per-window steps,
 
 Window layout (our choice): windows live in the batch dimension, batch-major: `[B * N, T', ...]` where row
 `b * N + i` is window i of clip b, i.e. a reshape of `[B, N, T', ...]`. The window batch can be sharded
-like any batch; per-clip conditioning is repeated with `repeat_for_windows`.
+like any batch; per-clip conditioning is repeated with `repeat_for_windows`. A window denoiser can run its
+windows a few at a time (`map_window_chunks`): the fused result is the same, and sampling memory holds the
+activations of one chunk instead of all N windows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -81,6 +84,47 @@ def crop_windows(video: jax.Array, starts: Sequence[int], window_length: int) ->
 def repeat_for_windows(per_clip: jax.Array, num_windows: int) -> jax.Array:
     """Repeats per-clip inputs `[B, ...]` (logsnr, text embeddings) to the window batch `[B * N, ...]`."""
     return jnp.repeat(per_clip, num_windows, axis=0)
+
+
+def map_window_chunks(fn: Callable[..., Any], num_windows: int, windows_per_call: int | None,
+                      *window_inputs: Any) -> Any:
+    """`fn(*window_inputs)` computed a few windows at a time, so only that many windows' activations are live.
+
+    `window_inputs`: pytrees whose leaves are in the window layout `[B * N, ...]`; `fn` maps rows to rows
+    (each output row depends on its input rows only, as a model in inference does) and returns a pytree of
+    `[rows, ...]`. Each call gets `windows_per_call` windows of every clip (`[B * windows_per_call, ...]`,
+    batch-major like the full layout, so a batch sharded over clips stays sharded), one `lax.map` step per
+    chunk; the last chunk of a clip is filled up with copies of its last window, whose outputs are dropped.
+    None, or at least N: one call on all windows.
+    """
+    if windows_per_call is None or windows_per_call >= num_windows:
+        return fn(*window_inputs)
+    if windows_per_call < 1:
+        raise ValueError(f"windows_per_call={windows_per_call} must be at least 1 (or None for all windows)")
+    num_chunks = -(-num_windows // windows_per_call)
+    padded = num_chunks * windows_per_call
+
+    def to_chunks(leaf: jax.Array) -> jax.Array:  # [B * N, ...] -> [chunks, B * windows_per_call, ...]
+        batch_size, rest = leaf.shape[0] // num_windows, leaf.shape[1:]
+        clips = leaf.reshape((batch_size, num_windows) + rest)
+        if padded > num_windows:
+            clips = jnp.concatenate([clips, jnp.repeat(clips[:, -1:], padded - num_windows, axis=1)], axis=1)
+        chunks = clips.reshape((batch_size, num_chunks, windows_per_call) + rest).swapaxes(0, 1)
+        return chunks.reshape((num_chunks, batch_size * windows_per_call) + rest)
+
+    def from_chunks(leaf: jax.Array) -> jax.Array:  # [chunks, B * windows_per_call, ...] -> [B * N, ...]
+        rest = leaf.shape[2:]
+        batch_size = leaf.shape[1] // windows_per_call
+        clips = leaf.reshape((num_chunks, batch_size, windows_per_call) + rest).swapaxes(0, 1)
+        clips = clips.reshape((batch_size, padded) + rest)[:, :num_windows]
+        return clips.reshape((batch_size * num_windows,) + rest)
+
+    for leaf in jax.tree.leaves(window_inputs):
+        if leaf.shape[0] % num_windows:
+            raise ValueError(f"window input of shape {leaf.shape} is not in the [B * N, ...] layout of "
+                             f"N={num_windows} windows; build it with crop_windows or repeat_for_windows")
+    outputs = jax.lax.map(lambda chunk: fn(*chunk), jax.tree.map(to_chunks, window_inputs))
+    return jax.tree.map(from_chunks, outputs)
 
 
 WINDOW_WEIGHTINGS = ("uniform", "triangular")

@@ -119,9 +119,11 @@ class MeshConfig:
     num_devices: int | None = None
     logical_axis_rules: Sequence[tuple[str, str | tuple[str, ...] | None]] = LOGICAL_AXIS_RULES
 
-    def make_mesh(self) -> jax.sharding.Mesh:
-        devices = jax.devices() if self.num_devices is None else jax.devices()[:self.num_devices]
-        return make_mesh(self.shape, self.dcn_shape, devices)
+    def make_mesh(self, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+        """The mesh over `devices` (default: this job's; the planner passes a TPU topology's)."""
+        devices = list(jax.devices() if devices is None else devices)
+        return make_mesh(self.shape, self.dcn_shape, devices if self.num_devices is None else
+                         devices[:self.num_devices])
 
     @property
     def rules(self) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:

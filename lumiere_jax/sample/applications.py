@@ -57,6 +57,11 @@ class SamplingConfig:
       ssr_guidance_weight: guidance weight of the SSR stage.
       ssr_window_length: MultiDiffusion window T' (None: the SSR model's frame count).
       ssr_window_stride: window stride (None: half the window, i.e. 50% overlap; our choice).
+      ssr_windows_per_call: windows of each clip that go through the SSR model at once (its batch is twice
+        this per clip with guidance); the fused result does not depend on it, memory does. None: all windows
+        at once. Default 1 (our choice): the least memory (one 16x1024x1024 window and its guidance twin per
+        clip at paper scale), no padded windows for any window count, and a call is already large enough to
+        keep an accelerator busy; larger values only trade memory for fewer, larger model calls.
       ssr_noise_aug_t: noise conditioning augmentation level of the low-res input, as a time of the
         augmentation's own schedule (plain cosine, `diffusion.augmentation`), as in training.
     """
@@ -72,6 +77,7 @@ class SamplingConfig:
     ssr_guidance_weight: float = 3.0
     ssr_window_length: int | None = None
     ssr_window_stride: int | None = None
+    ssr_windows_per_call: int | None = 1
     ssr_noise_aug_t: float = 0.0
     time_spacing: str | None = None
     negative_prompt: str = ""
@@ -92,6 +98,9 @@ class SamplingConfig:
             raise ValueError(f"num_steps={self.num_steps} and ssr_num_steps={self.ssr_num_steps} must be >= 1")
         if not 0.0 < self.sdedit_strength <= 1.0:
             raise ValueError(f"sdedit_strength={self.sdedit_strength} must lie in (0, 1]")
+        if self.ssr_windows_per_call is not None and self.ssr_windows_per_call < 1:
+            raise ValueError(f"ssr_windows_per_call={self.ssr_windows_per_call} must be at least 1 (None: all "
+                             "windows in one call)")
         if self.base_window_weights not in multidiffusion.WINDOW_WEIGHTINGS:
             raise ValueError(f"unknown base_window_weights {self.base_window_weights!r}; choose one of "
                              f"{multidiffusion.WINDOW_WEIGHTINGS}")
@@ -142,12 +151,14 @@ def per_row_weight(weight: jax.Array, ndim: int) -> jax.Array:
     return weight.astype(jnp.float32).reshape((-1,) + (1,) * (ndim - 1))
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class TextGuidance:
     """Per-row text conditions and guidance controls of one stage; rows may be MultiDiffusion windows.
 
     The negative text is the unconditional branch's: a negative prompt's embeddings, or zeros with an
-    all-False mask (the null text of training) for rows without one.
+    all-False mask (the null text of training) for rows without one. A pytree of rows (windows can be mapped
+    over in chunks, `multidiffusion.map_window_chunks`).
     """
 
     embeddings: jax.Array  # [B, L, D]

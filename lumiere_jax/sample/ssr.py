@@ -38,7 +38,8 @@ def ssr_denoiser(
     `low_res: [B, T, h, w, 3]` already noise-augmented (level `aug_logsnr: [B]`). Order (PAPER.md 3 with
     Imagen's thresholding): classifier-free guidance per window, fusion of the raw guided x0 predictions of
     all windows, then dynamic thresholding of the fused clip, so overlapping frames average predictions on one
-    scale and each clip gets one percentile.
+    scale and each clip gets one percentile. The windows go through the model `config.ssr_windows_per_call`
+    per clip at a time (`multidiffusion.map_window_chunks`), which bounds memory and leaves the result as is.
     """
     adapter = stage.adapter
     num_frames = low_res.shape[1]
@@ -51,9 +52,14 @@ def ssr_denoiser(
         return adapter.apply(stage.params, z, logsnr, inputs, c["text_embeddings"], c["text_mask"],
                              c["noise_aug_logsnr"], train=False)
 
+    def denoise_windows(z_windows, logsnr_windows, low_res_windows, text_windows, aug_logsnr_windows):
+        shared = {"low_res": low_res_windows, "noise_aug_logsnr": aug_logsnr_windows}
+        return text_windows.denoiser(model_fn, shared, adapter.parameterization, 5)(z_windows, logsnr_windows)
+
     def windowed_denoise_fn(z_windows, logsnr_windows, low_res_windows):
-        shared = {"low_res": low_res_windows, "noise_aug_logsnr": window_aug_logsnr}
-        return window_text.denoiser(model_fn, shared, adapter.parameterization, 5)(z_windows, logsnr_windows)
+        return multidiffusion.map_window_chunks(denoise_windows, len(starts), config.ssr_windows_per_call,
+                                                z_windows, logsnr_windows, low_res_windows, window_text,
+                                                window_aug_logsnr)
 
     fused = multidiffusion.multidiffusion_denoiser(windowed_denoise_fn, starts, window_length,
                                                    frame_condition=low_res)

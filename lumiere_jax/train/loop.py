@@ -26,6 +26,7 @@ from lumiere_jax.stages import checkpoint_layout
 from lumiere_jax.stages import text as text_lib
 from lumiere_jax.stages.diffusion_config import DiffusionConfig
 from lumiere_jax.train import checkpoints as checkpoints_lib
+from lumiere_jax.train import estimate as estimate_lib
 from lumiere_jax.train import metrics as metrics_lib
 from lumiere_jax.train import monitor as monitor_lib
 from lumiere_jax.train import optimizer as optimizer_lib
@@ -116,11 +117,16 @@ def train(
         first_batch = next(train_iterator)
         text_encoder_params, text_encoder_shardings = _load_text_encoder(
             adapter, text_encoder_params_fn, seed, device_mesh, rules, cached="text_embeddings" in first_batch)
-        compiled_step = _compile_step(
+        compiled_step = compile_train_step(
             step_lib.bind_train_step(adapter, diffusion, tx, learning_rate, optimizer.ema_decay if use_ema else 0.0),
             state, state_shardings, first_batch, text_encoder_params, text_encoder_shardings, step_rng, device_mesh)
+        estimate = estimate_lib.train_step_estimate(compiled_step, adapter, global_batch_size, device_mesh,
+                                                    monitor.chips)
+        for line in estimate.lines():
+            logging.info("compiled step: %s", line)
         throughput = metrics_lib.Throughput(start_step, num_train_steps, global_batch_size,
-                                            metrics_lib.compiled_flops(compiled_step))
+                                            metrics_lib.compiled_flops(compiled_step),
+                                            estimate.model_flops_per_chip, estimate.peak_flops)
 
         writer = metrics_lib.create_writer(model_dir)
         _write_operative_config(model_dir, writer, start_step)
@@ -200,9 +206,10 @@ def _validation_batches(dataset_fn, local_batch_size, seed, mesh) -> Callable[[i
     return first_batches
 
 
-def _compile_step(train_step_fn, state, state_shardings, batch, text_encoder_params, text_encoder_shardings,
-                  step_rng, mesh):
-    """The train step compiled for the first batch's shapes and shardings; the state's buffers are donated."""
+def compile_train_step(train_step_fn, state, state_shardings, batch, text_encoder_params, text_encoder_shardings,
+                       step_rng, mesh):
+    """The train step compiled for the batch's shapes and shardings (arrays or sharded ShapeDtypeStructs, as
+    the planner passes); the state's buffers are donated."""
     batch_shardings = jax.tree.map(lambda leaf: leaf.sharding, batch)
     replicated = partitioning.replicated(mesh)
     train_step = jax.jit(train_step_fn, in_shardings=(state_shardings, batch_shardings, text_encoder_shardings,
@@ -231,12 +238,19 @@ def _count(params: Any) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
 
 
-def _build_state(adapter, checkpoint, mesh, rules, tx, use_ema, init_rng, model_dir):
-    """Restores the latest checkpoint in MODEL_DIR, else initialises (through `init_from` if set).
+@dataclasses.dataclass(frozen=True)
+class AbstractState:
+    """Shapes, shardings and trainable mask of a run's state, allocating nothing (the trainer and the planner)."""
 
-    Returns `(state, data_state or None, checkpointer, state_shardings)`.
-    """
-    # Shapes, logical axes and shardings of parameters and the whole state, without allocating anything.
+    state: Any  # TrainState of ShapeDtypeStructs carrying their shardings
+    state_shardings: Any
+    params: Any  # unsharded abstract parameters
+    param_shardings: Any
+    mask: Any | None  # tree of bools, True = trained; None trains everything
+
+
+def abstract_train_state(adapter, mesh, rules, tx, use_ema: bool, init_rng) -> AbstractState:
+    """Shapes, logical axes and shardings of parameters and the whole state, without allocating anything."""
     init_params = adapter.init
     boxed_params = jax.eval_shape(init_params, init_rng)
     abstract_params = jax.eval_shape(lambda rng: partitioning.unbox(init_params(rng)), init_rng)
@@ -249,7 +263,19 @@ def _build_state(adapter, checkpoint, mesh, rules, tx, use_ema, init_rng, model_
     abstract_trainable, abstract_frozen = state_lib.split_params(abstract_params, mask)
     unsharded_state = jax.eval_shape(create_state, abstract_trainable, abstract_frozen)
     state_shardings = partitioning.shardings_from_logical(state_specs, mesh, rules, unsharded_state)
-    abstract_state = _sharded_abstract(unsharded_state, state_shardings)
+    return AbstractState(_sharded_abstract(unsharded_state, state_shardings), state_shardings, abstract_params,
+                         param_shardings, mask)
+
+
+def _build_state(adapter, checkpoint, mesh, rules, tx, use_ema, init_rng, model_dir):
+    """Restores the latest checkpoint in MODEL_DIR, else initialises (through `init_from` if set).
+
+    Returns `(state, data_state or None, checkpointer, state_shardings)`.
+    """
+    abstract = abstract_train_state(adapter, mesh, rules, tx, use_ema, init_rng)
+    abstract_params, mask, param_shardings = abstract.params, abstract.mask, abstract.param_shardings
+    state_shardings, abstract_state = abstract.state_shardings, abstract.state
+    abstract_trainable, abstract_frozen = state_lib.split_params(abstract_params, mask)
     logging.info("%d trainable and %d frozen parameters", _count(abstract_trainable), _count(abstract_frozen))
 
     checkpointer = checkpoints_lib.Checkpointer(

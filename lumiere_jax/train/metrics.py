@@ -95,13 +95,19 @@ def compiled_flops(compiled: Any) -> float | None:
 
 
 class Throughput:
-    """Steps/s, examples/s, TFLOP/s per device and ETA over the steps since the last report."""
+    """Steps/s, examples/s, TFLOP/s per device (XLA's count), MFU and ETA over the steps since the last report.
+
+    MFU = analytic model FLOPs per device and step x steps/s / peak FLOP/s (train/estimate.py).
+    """
 
     def __init__(self, start_step: int, num_train_steps: int, global_batch_size: int,
-                 flops_per_device_step: float | None):
+                 flops_per_device_step: float | None, model_flops_per_device_step: float | None = None,
+                 peak_flops: float | None = None):
         self.num_train_steps = num_train_steps
         self.global_batch_size = global_batch_size
         self.flops_per_device_step = flops_per_device_step
+        self.model_flops_per_device_step = model_flops_per_device_step
+        self.peak_flops = peak_flops
         self._last_step = start_step
         self._last_time = time.perf_counter()
 
@@ -119,16 +125,24 @@ class Throughput:
         rates = {"steps_per_sec": steps_per_sec, "examples_per_sec": steps_per_sec * self.global_batch_size}
         if self.flops_per_device_step is not None:
             rates["tflops_per_device"] = self.flops_per_device_step * steps_per_sec / 1e12
+        if self.model_flops_per_device_step and self.peak_flops:
+            rates["model_tflops_per_device"] = self.model_flops_per_device_step * steps_per_sec / 1e12
+            rates["mfu"] = self.model_flops_per_device_step * steps_per_sec / self.peak_flops
         return rates
 
     def progress_line(self, step: int, scalars: dict[str, float]) -> str:
-        """`step 10/100 (10%) loss 0.1234 lr 1e-04 | 3.2 steps/s 25.6 ex/s | ETA 0:00:28`."""
+        """`step 10/100 (10%) loss 0.1234 lr 1e-04 | 3.2 steps/s 25.6 ex/s | MFU 0.412 (XLA 190.3 TFLOP/s/device)
+        | ETA 0:00:28`."""
         steps_per_sec = scalars.get("steps_per_sec", 0.0)
         remaining = (self.num_train_steps - step) / steps_per_sec if steps_per_sec > 0 else float("nan")
         eta = str(datetime.timedelta(seconds=int(remaining))) if np.isfinite(remaining) else "?"
         return (f"step {step}/{self.num_train_steps} ({100 * step / max(1, self.num_train_steps):.0f}%) "
                 f"loss {scalars.get('loss', float('nan')):.4f} lr {scalars.get('learning_rate', 0.0):.2e} | "
-                f"{steps_per_sec:.2f} steps/s {scalars.get('examples_per_sec', 0.0):.1f} ex/s | ETA {eta}")
+                f"{steps_per_sec:.2f} steps/s {scalars.get('examples_per_sec', 0.0):.1f} ex/s | "
+                + (f"MFU {scalars['mfu']:.3f} " if "mfu" in scalars else "")
+                + (f"(XLA {scalars['tflops_per_device']:.2f} TFLOP/s/device) " if "tflops_per_device" in scalars
+                   else "")
+                + f"| ETA {eta}")
 
 
 def summarize(history: list[dict[str, Any]]) -> dict[str, float]:

@@ -15,6 +15,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from lumiere_jax import storage
+from lumiere_jax.parallel import chips as chips_lib
 from lumiere_jax.stages import adapter as adapter_lib
 from lumiere_jax.stages.diffusion_config import DiffusionConfig
 from lumiere_jax.train import metrics as metrics_lib
@@ -70,12 +71,14 @@ class MonitorConfig:
         (checked at each report).
       evaluation: held-out loss (`EvalConfig`).
       previews: sample videos (`PreviewConfig`).
+      chips: peak FLOP/s and HBM per device kind for MFU and the compiled step's memory check (`ChipSpecs`).
     """
 
     log_every_steps: int = 50
     max_consecutive_nonfinite: int = 10
     evaluation: EvalConfig = EvalConfig()
     previews: PreviewConfig = PreviewConfig()
+    chips: chips_lib.ChipSpecs = chips_lib.ChipSpecs()
 
 
 def _due(step: int, every_steps: int) -> bool:

@@ -197,3 +197,16 @@ def test_cost_report_of_an_inflated_if_model(tmp_path):
     assert row["frames"] == 4 and row["image_size"] == 16 and row["dtype"] == "bfloat16"
     assert 0 < row["num_trainable"] < row["num_params"] and row["flops"] > 0 and row["peak_bytes"] > 0
     assert "[stunet] IF" in result.stdout
+
+
+def test_cost_report_reports_a_step_refused_for_memory(monkeypatch, capsys):
+    """A compile the TPU compiler refuses for memory ends the report with needed vs available, no traceback."""
+    def refused(setup):
+        raise RuntimeError("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
+                           "space hbm. Used 38.63G of 31.25G hbm. Exceeded hbm capacity by 7.38G.")
+
+    monkeypatch.setattr(compiled_cost, "compile_step", refused)
+    monkeypatch.setattr(fake_devices, "request_cpu_devices", lambda count: None)  # this process has its devices
+    assert cost_report.main(["--size", "tiny", "--devices", "2", "--variants", "stunet"]) == 0
+    out = capsys.readouterr().out
+    assert "does not fit: program need 38.63 GiB > 31.25 GiB available per chip" in out

@@ -186,3 +186,32 @@ def test_named_window_weightings():
     np.testing.assert_array_equal(multidiffusion.window_weights("triangular", 1, 4), [[1, 2, 2, 1]])
     with pytest.raises(ValueError, match="triangular"):
         multidiffusion.window_weights("hann", 2, 4)
+
+
+@pytest.mark.parametrize("windows_per_call", [1, 2, 3, 4, 5, None])
+def test_window_chunks_give_the_all_at_once_result_and_calls_of_the_chunk_size(windows_per_call):
+    """Chunked calls (a lax.map over chunks, the last one filled with copies) equal one call on all windows,
+    and each call sees `B * windows_per_call` rows with every input's rows kept together."""
+    batch_size, num_windows = 2, 5
+    rng = np.random.default_rng(6)
+    z = jnp.asarray(rng.normal(size=(batch_size * num_windows, 4, 3)), jnp.float32)
+    scale = {"a": jnp.asarray(rng.uniform(0.5, 2.0, size=(batch_size * num_windows,)), jnp.float32)}
+    row_sizes = []
+
+    def rowwise(z_rows, scale_rows):  # couples frames and inputs within a row only
+        row_sizes.append(z_rows.shape[0])
+        return {"x0": jnp.tanh(jnp.cumsum(z_rows, axis=1) * scale_rows["a"][:, None, None])}
+
+    chunked = jax.jit(lambda z, scale: multidiffusion.map_window_chunks(
+        rowwise, num_windows, windows_per_call, z, scale))(z, scale)
+    np.testing.assert_allclose(chunked["x0"], rowwise(z, scale)["x0"], rtol=1e-6, atol=1e-6)
+    per_call = num_windows if windows_per_call is None else min(windows_per_call, num_windows)
+    assert row_sizes[0] == batch_size * per_call
+
+
+def test_window_chunks_reject_a_bad_layout_and_size():
+    z = jnp.zeros((7, 2))
+    with pytest.raises(ValueError, match=r"\[B \* N, \.\.\.\] layout"):
+        multidiffusion.map_window_chunks(lambda rows: rows, 3, 1, z)
+    with pytest.raises(ValueError, match="at least 1"):
+        multidiffusion.map_window_chunks(lambda rows: rows, 7, 0, z)

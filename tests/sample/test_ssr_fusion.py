@@ -81,3 +81,33 @@ def test_ssr_augmentation_level_is_on_the_plain_cosine_schedule(monkeypatch):
     config = applications.SamplingConfig(ssr_noise_aug_t=0.3, ssr_num_steps=1)
     ssr_stage.upsample_ssr(stage, jnp.zeros((2, NUM_FRAMES, SIZE, SIZE, 3)), batch, shifted, config)
     np.testing.assert_allclose(seen["aug_logsnr"], float(schedules.logsnr_cosine(np.float32(0.3))), atol=1e-5)
+
+
+def _ssr_denoise_and_memory(windows_per_call):
+    """The tiny SSR's guided, fused x0 on a 5-frame clip of 4 windows, and the compiled step's temp bytes."""
+    adapter = make_adapter("ssr", ssr_config())
+    stage = applications.Stage(adapter, random_params(adapter, 5, scale=1.0), None)
+    rng = np.random.default_rng(1)
+    z = jnp.asarray(rng.normal(size=(2, NUM_FRAMES, SSR_SIZE, SSR_SIZE, 3)), jnp.float32)
+    low_res = jnp.asarray(rng.uniform(-1, 1, (2, NUM_FRAMES, SIZE, SIZE, 3)), jnp.float32)
+    text = applications.TextGuidance(
+        jnp.asarray(rng.normal(size=(2, 8, 32)), jnp.float32), jnp.ones((2, 8), bool), jnp.zeros((2, 8, 32)),
+        jnp.zeros((2, 8), bool), weight=jnp.full((2,), WEIGHT), rescale=jnp.zeros(2),
+        logsnr_interval=jnp.tile(jnp.array([-99.0, 99.0]), (2, 1)))
+    config = applications.SamplingConfig(threshold_percentile=None, ssr_window_length=2, ssr_window_stride=1,
+                                         ssr_windows_per_call=windows_per_call)
+    denoise_fn = jax.jit(ssr_stage.ssr_denoiser(stage, low_res, text, jnp.array([3.0, 3.0]), config))
+    logsnr = jnp.array([-1.0, 0.5])
+    temp_bytes = denoise_fn.lower(z, logsnr).compile().memory_analysis().temp_size_in_bytes
+    return np.asarray(denoise_fn(z, logsnr)), temp_bytes
+
+
+def test_ssr_window_chunks_leave_the_fused_result_and_bound_memory():
+    """1, 2 or 3 windows per call (3: the last chunk padded) give the all-windows result; memory falls with
+    the chunk size."""
+    everything, memory_all = _ssr_denoise_and_memory(None)
+    memory = {}
+    for windows_per_call in (1, 2, 3):
+        chunked, memory[windows_per_call] = _ssr_denoise_and_memory(windows_per_call)
+        np.testing.assert_allclose(chunked, everything, rtol=1e-5, atol=1e-5)
+    assert memory[1] < memory[2] < memory_all, (memory, memory_all)
