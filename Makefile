@@ -5,6 +5,8 @@ VENV ?= .venv
 STAMP := $(VENV)/.installed
 # More demo flags, e.g. `make demo-quick DEMO_ARGS=--out_dir=/tmp/demo`.
 DEMO_ARGS ?=
+# Test processes (pytest-xdist), a file per worker: XLA compiles on one thread, so two workers keep 2 cores busy.
+TEST_WORKERS ?= 2
 
 $(STAMP): requirements.txt requirements-test.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +19,7 @@ $(STAMP): requirements.txt requirements-test.txt setup.py
 install: $(STAMP)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: $(STAMP)
 	$(VENV)/bin/python -m lumiere_jax.demo $(DEMO_ARGS)
