@@ -38,8 +38,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-per-device", type=int, default=1,
                         help="clips per data-parallel shard (global batch = this x data x fsdp)")
     parser.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes; one -1 fills the devices")
-    parser.add_argument("--remat", default="config", choices=("config", "on", "off"),
-                        help="per-block rematerialisation: the preset's choice, or forced on/off")
+    parser.add_argument("--clip", type=int, default=1, help="devices one clip is split over (MeshConfig.clip)")
+    parser.add_argument("--remat", default="config",
+                        help="rematerialisation: the preset's (config) or a policy of models/remat.py (none, full, "
+                             "save_block_outputs, save_dots, offload_block_outputs)")
     parser.add_argument("--target", default="cpu", choices=("cpu", "tpu"))
     parser.add_argument("--devices", type=int, default=8, help="fake CPU devices (target cpu)")
     parser.add_argument("--topology", default="", help="TPU topology for target tpu, e.g. v5:2x2x1 or v6e:2x4")
@@ -63,7 +65,7 @@ def variant_config(size: str, variant: str, frames: int, remat: str):
     if frames:
         config = dataclasses.replace(config, temporal=dataclasses.replace(config.temporal, num_frames=frames))
     if remat != "config":
-        config = dataclasses.replace(config, remat=remat == "on")
+        config = dataclasses.replace(config, remat=remat)
     return config
 
 
@@ -92,7 +94,7 @@ def measure(args: argparse.Namespace, variant: str) -> dict:
     else:
         config = variant_config(args.size, variant, args.frames, args.remat)
     devices = compiled_cost.target_devices(args.target, args.topology)
-    mesh = mesh_lib.make_mesh(args.mesh, devices=devices)
+    mesh = mesh_lib.make_mesh(args.mesh, devices=devices, clip=args.clip)
     setup = minimal_step.setup(config, mesh, args.batch_per_device, video=True, freeze_spatial=True)
     size = f"IF {args.if_config}" if args.if_config else args.size
     row = dict(variant=variant, size=size, frames=config.temporal.num_frames, image_size=config.image_size,

@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,2", help="per-device batches compiled on every mesh")
     parser.add_argument("--slope-from", type=int, default=0,
                         help="also compile batch 2 on this mesh only and use its per-clip slope everywhere")
-    parser.add_argument("--remat", default="config", choices=("config", "on", "off"))
+    parser.add_argument("--remat", default="config", help="config, or a policy of models/remat.py")
     parser.add_argument("--parallel", type=int, default=1, help="compiles run at once (each needs a few GiB)")
     parser.add_argument("--verify", action="store_true", help="compile the predicted batch for the largest size")
     parser.add_argument("--json", default="", help="also write all figures to this JSON file")

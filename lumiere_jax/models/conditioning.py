@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from lumiere_jax.models.layers import Dtype, TOKEN_AXES, dense_layer, layer_norm
+from lumiere_jax.parallel.mesh import constrain_activation
 
 
 def sinusoidal_embedding(values: jax.Array, dim: int, max_period: float = 1000.0) -> jax.Array:
@@ -68,9 +69,9 @@ class ConditioningEmbedding(nn.Module):
         cond = cond + dense_layer(self.embed_dim, name="text_pool", **kw)(pooled)
         if self.noise_augmentation:
             cond = cond + EmbeddingMLP(self.embed_dim, name="noise_aug_mlp", **kw)(noise_aug_logsnr)
-        cond = nn.with_logical_constraint(cond, ("activation_batch", "activation_embed"))
+        cond = constrain_activation(cond, ("activation_batch", "activation_embed"))
         if not self.text_tokens:
             return cond, None
         tokens = dense_layer(self.embed_dim, name="text_projection", **kw)(text_embeddings.astype(self.dtype))
         tokens = layer_norm(name="text_norm", **kw)(tokens)
-        return cond, nn.with_logical_constraint(tokens, TOKEN_AXES)
+        return cond, constrain_activation(tokens, TOKEN_AXES)

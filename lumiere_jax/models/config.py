@@ -11,6 +11,11 @@ The presets below are the one source of the shipped sizes: run files pick one by
 `unet_adapter.size`). A model of your own is written in gin as `unet_adapter.model_config = @UNetConfig()`
 with `UNetConfig.*` (and `TemporalConfig.*`) bindings, or as preset fields changed by `unet_adapter.overrides`.
 
+Rematerialisation (`remat`, models/remat.py): "full" for the paper presets, "none" for tiny and small. "full"
+keeps the least memory at the FLOPs of the per-block remat measured for the paper STUNet (BENCHMARKS.md 4b: every
+op recomputed once), and the paper STUNet needs memory first; the small preset fits one accelerator without
+remat. A per-preset choice from TPU measurements of every policy is still to come.
+
 Preset sizes (our choice; the paper gives no architecture numbers beyond "Imagen base, 128x128, 80 frames"):
   tiny:  CPU tests, 32x32, base 32 channels, 2 down-samplings.
   small: one accelerator, 64x64, base 128 channels, 3 down-samplings, 16 frames.
@@ -26,6 +31,8 @@ import dataclasses
 
 import gin
 import jax.numpy as jnp
+
+from lumiere_jax.models.remat import REMAT_POLICIES
 
 PRESET_SIZES = ("tiny", "small", "paper")
 
@@ -78,8 +85,9 @@ class UNetConfig:
       low_res_size: frame size of the low-res input (SSR; example inputs only).
       dtype: compute dtype name ("float32", "bfloat16").
       param_dtype: parameter dtype name.
-      remat: rematerialise every residual, attention, (2+1)D conv and temporal attention block in the
-        backward pass (keeps only block inputs; saves memory for about one extra forward pass).
+      remat: what the backward pass keeps of each block unit (residual block, spatial attention, temporal
+        block): a policy name from `models/remat.py`, "none" (keep everything), "full" (keep unit inputs only,
+        about one extra forward pass), "save_block_outputs", "save_dots", "offload_block_outputs".
       temporal: None for an image model; a TemporalConfig for STUNet / SSR.
     """
 
@@ -101,7 +109,7 @@ class UNetConfig:
     low_res_size: int = 0
     dtype: str = "float32"
     param_dtype: str = "float32"
-    remat: bool = False
+    remat: str = "none"
     temporal: TemporalConfig | None = None
 
     def __post_init__(self):
@@ -125,6 +133,9 @@ class UNetConfig:
                              f"for {self.num_downsamples} spatial downsamples")
         if self.low_res_channels and not self.low_res_size:
             raise ValueError("low_res_channels > 0 needs low_res_size (the SSR input frame size)")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r} is not a remat policy; choose one of {REMAT_POLICIES} "
+                             "(models/remat.py)")
         jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)  # Fail early on an unknown dtype name.
 
     @property
@@ -157,7 +168,7 @@ _T2I = {
     "paper": dict(image_size=128, base_channels=256, channel_multipliers=(1, 2, 4, 6, 8), num_res_blocks=3,
                   attention_levels=(4,), cross_attention_levels=(2, 3, 4), num_heads=16, norm_groups=32,
                   embed_dim=1024, text_embed_dim=4096, text_length=128, dropout_rate=0.1,
-                  dtype="bfloat16", remat=True),
+                  dtype="bfloat16", remat="full"),
 }
 _TEMPORAL = {
     "tiny": dict(num_frames=8, attention_blocks=2, attention_heads=2),
@@ -176,7 +187,7 @@ _SSR = {
     "paper": dict(image_size=1024, base_channels=128, channel_multipliers=(1, 1, 2, 4, 8), num_res_blocks=2,
                   attention_levels=(), cross_attention_levels=(4,), num_heads=8, norm_groups=32,
                   embed_dim=1024, text_embed_dim=4096, text_length=128, low_res_channels=3, low_res_size=128,
-                  dtype="bfloat16", remat=True),
+                  dtype="bfloat16", remat="full"),
 }
 _SSR_TEMPORAL = {
     "tiny": dict(num_frames=4, resampling=False, attention_blocks=1, attention_heads=2),

@@ -12,18 +12,22 @@ import jax
 import jax.numpy as jnp
 
 from lumiere_jax.models.attention import dot_product_attention
+from lumiere_jax.parallel.mesh import constrain_activation
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
+# N = B (images) or B*T (a clip's frames folded into the batch).
 IMAGE_AXES = ("activation_batch", "activation_height", "activation_width", "activation_channels")
-TOKEN_AXES = ("activation_batch", "activation_length", "activation_embed")
+TOKEN_AXES = ("activation_batch", "activation_length", "activation_embed")  # text tokens
+# Attention outputs [rows, queries, C]: rows are frames (spatial), pixels (temporal) or clips (cross-attention).
+QUERY_AXES = ("activation_batch", "activation_queries", "activation_embed")
 DEFAULT_KERNEL_INIT = nn.initializers.lecun_normal()
 
 
 def constrain_image(x: jax.Array) -> jax.Array:
     """Block-boundary sharding constraint for `x: [N, H, W, C]`."""
-    return nn.with_logical_constraint(x, IMAGE_AXES)
+    return constrain_activation(x, IMAGE_AXES)
 
 
 def conv_layer(features: int, kernel_size: tuple[int, ...], *, name: str, dtype: Dtype, param_dtype: Dtype,
@@ -162,7 +166,7 @@ class MultiHeadAttention(nn.Module):
         attended = attended.reshape(attended.shape[:2] + (width,))
         output = dense_layer(width, name="output", axes=("heads", "embed"),
                              kernel_init=_zero_or_default(self.zero_init_output), **kw)
-        return nn.with_logical_constraint(output(attended), TOKEN_AXES)
+        return constrain_activation(output(attended), QUERY_AXES)
 
 
 class SelfAttentionBlock(nn.Module):

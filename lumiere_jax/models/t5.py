@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lumiere_jax.parallel.mesh import constrain_activation
+
 Params = Any  # nested dict of arrays: the 'params' collection without its outer key
 ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 
@@ -205,7 +207,7 @@ class EncoderBlock(nn.Module):
         x = x + SelfAttention(cfg, name="attention")(normed, mask, position_bias)
         normed = RMSNorm(cfg.layer_norm_epsilon, dtype, name="mlp_norm")(x)
         x = x + GatedGeluMLP(cfg, name="mlp")(normed)
-        return nn.with_logical_constraint(x, ACTIVATION_AXES)
+        return constrain_activation(x, ACTIVATION_AXES)
 
 
 class T5Encoder(nn.Module):
@@ -224,7 +226,7 @@ class T5Encoder(nn.Module):
         x = nn.Embed(
             cfg.vocab_size, cfg.d_model, dtype=dtype, name="token_embedding",
             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")))(tokens)
-        x = nn.with_logical_constraint(x, ACTIVATION_AXES)  # [B, L, D]
+        x = constrain_activation(x, ACTIVATION_AXES)  # [B, L, D]
         position_bias = RelativePositionBias(cfg, name="relative_position_bias")(tokens.shape[1])
         for layer in range(cfg.num_layers):
             x = EncoderBlock(cfg, name=f"block_{layer}")(x, mask, position_bias)

@@ -18,14 +18,16 @@ import jax.numpy as jnp
 
 from lumiere_jax.models.conditioning import sinusoidal_embedding
 from lumiere_jax.models.layers import (Dtype, MultiHeadAttention, conv_layer, group_norm, layer_norm)
+from lumiere_jax.parallel.mesh import constrain_activation
 
 VIDEO_AXES = ("activation_batch", "activation_frames", "activation_height", "activation_width",
               "activation_channels")
 
 
 def constrain_video(video: jax.Array) -> jax.Array:
-    """Block-boundary sharding constraint for `video: [B, T, H, W, C]`."""
-    return nn.with_logical_constraint(video, VIDEO_AXES)
+    """Block-boundary sharding constraint for `video: [B, T, H, W, C]`: under a clip axis, frames are split
+    where it divides them, else height or width (parallel/mesh.py)."""
+    return constrain_activation(video, VIDEO_AXES)
 
 
 def frames_to_batch(video: jax.Array) -> jax.Array:

@@ -37,8 +37,10 @@ from typing import TYPE_CHECKING
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from lumiere_jax.models.conditioning import ConditioningEmbedding
+from lumiere_jax.models import remat as remat_lib
 from lumiere_jax.models.config import UNetConfig
 from lumiere_jax.models.layers import (CrossAttentionBlock, Downsample, ResBlock, SelfAttentionBlock, Upsample,
                                        conv_layer, group_norm)
@@ -144,25 +146,22 @@ class UNet(nn.Module):
             h = jnp.concatenate([h, upsample_low_res(small, h.shape[1], h.shape[2])], axis=-1)
         h = conv_layer(config.base_channels, (3, 3), in_axis=None, name="input_conv", **kw)(h.astype(kw["dtype"]))
 
-        res_block = nn.remat(ResBlock) if config.remat else ResBlock
-        self_attention = nn.remat(SelfAttentionBlock) if config.remat else SelfAttentionBlock
-        cross_attention = nn.remat(CrossAttentionBlock) if config.remat else CrossAttentionBlock
-        space_time_conv = nn.remat(SpaceTimeConvBlock) if config.remat else SpaceTimeConvBlock
-        temporal_attention = nn.remat(TemporalAttentionBlock) if config.remat else TemporalAttentionBlock
-
-        def pretrained_block(h, prefix: str, level: int, index: int):
+        def pretrained_block(module, h, cond, text_tokens, text_mask, prefix: str, level: int, index: int):
             """Residual block plus the level's spatial attention: the unit of the T2I network."""
-            h = res_block(config.level_channels[level], config.norm_groups, config.dropout_rate,
-                          deterministic=not train, name=f"{prefix}_res_{index}", **kw)(h, level_cond[level])
+            h = ResBlock(config.level_channels[level], config.norm_groups, config.dropout_rate, deterministic=not train,
+                         name=f"{prefix}_res_{index}", parent=module, **kw)(h, cond)
+            h = checkpoint_name(h, remat_lib.BLOCK_OUTPUT)
             if level in config.attention_levels:
-                h = self_attention(config.num_heads, config.norm_groups, name=f"{prefix}_self_attention_{index}",
-                                   **kw)(h)
+                h = SelfAttentionBlock(config.num_heads, config.norm_groups, name=f"{prefix}_self_attention_{index}",
+                                       parent=module, **kw)(h)
+                h = checkpoint_name(h, remat_lib.BLOCK_OUTPUT)
             if level in config.cross_attention_levels:
-                h = cross_attention(config.num_heads, config.norm_groups, name=f"{prefix}_cross_attention_{index}",
-                                    **kw)(h, text_tokens, text_mask)
+                h = CrossAttentionBlock(config.num_heads, config.norm_groups, name=f"{prefix}_cross_attention_{index}",
+                                        parent=module, **kw)(h, text_tokens, text_mask)
+                h = checkpoint_name(h, remat_lib.BLOCK_OUTPUT)
             return h
 
-        def temporal_block(h, prefix: str, level: int, index: int):
+        def temporal_block(module, h, prefix: str, level: int, index: int):
             """Paper Fig. 4: (2+1)D conv after pretrained blocks above the coarsest level, stacked attention at it."""
             if not video:
                 return h
@@ -170,15 +169,24 @@ class UNet(nn.Module):
             clip = batch_to_frames(h, batch)
             if level == coarsest:
                 for j in range(temporal.attention_blocks):
-                    clip = temporal_attention(temporal.attention_heads,
+                    clip = TemporalAttentionBlock(temporal.attention_heads, parent=module,
                                                   name=f"{prefix}_temporal_attention_{index}_{j}", **kw)(clip)
+                    clip = checkpoint_name(clip, remat_lib.BLOCK_OUTPUT)
             else:
-                clip = space_time_conv(config.norm_groups, temporal.spatial_kernel_size,
-                                       temporal.conv_kernel_size, name=f"{prefix}_temporal_conv_{index}", **kw)(clip)
+                clip = SpaceTimeConvBlock(config.norm_groups, temporal.spatial_kernel_size, temporal.conv_kernel_size,
+                                          name=f"{prefix}_temporal_conv_{index}", parent=module, **kw)(clip)
             return frames_to_batch(clip)
 
+        def unit(module, h, cond, text_tokens, text_mask, prefix: str, level: int, index: int):
+            h = pretrained_block(module, h, cond, text_tokens, text_mask, prefix, level, index)
+            return temporal_block(module, h, prefix, level, index)
+
+        # The remat unit (models/remat.py); submodules name `module` as parent, so parameter paths do not change.
+        if config.remat != "none":
+            unit = nn.remat(unit, policy=remat_lib.checkpoint_policy(config.remat), static_argnums=(5, 6, 7))
+
         def block(h, prefix: str, level: int, index: int):
-            return temporal_block(pretrained_block(h, prefix, level, index), prefix, level, index)
+            return unit(self, h, level_cond[level], text_tokens, text_mask, prefix, level, index)
 
         skips = [h]
         for level in range(num_levels):

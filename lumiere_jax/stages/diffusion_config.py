@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import gin
-import jax
 
 from lumiere_jax.diffusion import schedules
-
-REMAT_POLICIES: dict[str, Callable | None] = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 @gin.configurable
@@ -28,25 +19,20 @@ class DiffusionConfig:
       text_dropout_rate: probability of replacing an example's text by the null text (classifier-free guidance).
       noise_aug_max_t: SSR noise augmentation level drawn from U[0, noise_aug_max_t] (Imagen-style), as a time
         of the augmentation's own schedule (`diffusion.augmentation.AUGMENTATION_SCHEDULE`, plain cosine).
-      remat_policy: rematerialisation of the whole model call in the backward pass: "none", "full",
-        "dots_saveable", "dots_with_no_batch_dims_saveable". Per-block remat is `UNetConfig.remat`.
     """
 
     schedule: str = "cosine"
     schedule_kwargs: dict = dataclasses.field(default_factory=dict)
     text_dropout_rate: float = 0.1
     noise_aug_max_t: float = 0.5
-    remat_policy: str = "none"
 
     def __post_init__(self):
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"unknown remat_policy {self.remat_policy!r}; choose one of {sorted(REMAT_POLICIES)}")
         if not 0.0 <= self.text_dropout_rate <= 1.0:
             raise ValueError(f"text_dropout_rate={self.text_dropout_rate} must lie in [0, 1]")
 
     def __hash__(self):  # jit treats the config as static
         return hash((self.schedule, tuple(sorted(self.schedule_kwargs.items())), self.text_dropout_rate,
-                     self.noise_aug_max_t, self.remat_policy))
+                     self.noise_aug_max_t))
 
     @property
     def schedule_fn(self) -> schedules.Schedule:

@@ -56,13 +56,13 @@ def unet_adapter(
     text_length: int = 8,
     trainable_patterns: Sequence[str] | None = None,
     dtype: str | None = None,
-    remat: bool | None = None,
+    remat: str | None = None,
 ) -> adapter_lib.ModelAdapter:
     """A `ModelAdapter` for `stage` ("t2i", "stunet", "sr", "ssr", "conditional").
 
     `model_config` replaces the preset of `size`; `overrides` ({field: value}) change preset fields while
     keeping the stage's own (channels, temporal, low-res), `temporal_overrides` those of its TemporalConfig;
-    `dtype` ("bfloat16": bf16 compute, float32 parameters) and `remat` (rematerialise every block) override
+    `dtype` ("bfloat16": bf16 compute, float32 parameters) and `remat` (a policy name, models/remat.py) override
     both. `trainable_patterns` (regexes over parameter paths) selects what trains, the rest is frozen; None
     trains everything.
     """

@@ -21,7 +21,7 @@ from lumiere_jax.diffusion import augmentation
 from lumiere_jax.diffusion import losses
 from lumiere_jax.stages import adapter as adapter_lib
 from lumiere_jax.stages import text as text_lib
-from lumiere_jax.stages.diffusion_config import REMAT_POLICIES, DiffusionConfig
+from lumiere_jax.stages.diffusion_config import DiffusionConfig
 from lumiere_jax.train import optimizer as optimizer_lib
 from lumiere_jax.train import state as state_lib
 
@@ -59,14 +59,9 @@ def per_example_losses(
             aug_rng, inputs.low_res, max_t=config.noise_aug_max_t)  # its own schedule, not the SR's
         inputs = dataclasses.replace(inputs, low_res=low_res)
 
-    def model(model_params):
-        return adapter.apply(model_params, z, logsnr, inputs, text_embeddings, text_mask, noise_aug_logsnr,
-                             train=train, dropout_rng=dropout_rng if train else None)
-
-    policy = REMAT_POLICIES[config.remat_policy]
-    if policy is not None:
-        model = jax.checkpoint(model, policy=policy)
-    prediction = model(params)
+    # Rematerialisation is the model's own (`UNetConfig.remat`, per block unit).
+    prediction = adapter.apply(params, z, logsnr, inputs, text_embeddings, text_mask, noise_aug_logsnr,
+                               train=train, dropout_rng=dropout_rng if train else None)
     return losses.per_example_loss(prediction, x0, eps, logsnr, adapter.parameterization)
 
 

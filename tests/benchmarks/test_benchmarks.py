@@ -54,8 +54,8 @@ def test_topology_chips_counts_the_slice():
 
 
 def test_variant_config_overrides():
-    config = cost_report.variant_config("tiny", "fixed", frames=12, remat="on")
-    assert config.temporal.resampling is False and config.temporal.num_frames == 12 and config.remat
+    config = cost_report.variant_config("tiny", "fixed", frames=12, remat="save_dots")
+    assert config.temporal.resampling is False and config.temporal.num_frames == 12 and config.remat == "save_dots"
     assert cost_report.variant_config("tiny", "stunet", 0, "config") == config_lib.stunet_config("tiny")
 
 

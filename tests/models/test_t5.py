@@ -109,7 +109,7 @@ def test_sharded_encode_matches_single_device(encoder, params, mesh_shape):
     mesh = mesh_lib.make_mesh(mesh_shape)
     shardings = mesh_lib.logical_to_sharding(encoder.logical_partition_specs(), mesh)
     assert jax.tree.structure(shardings) == jax.tree.structure(params)
-    assert shardings["block_0"]["mlp"]["wi_0"]["kernel"].spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    assert shardings["block_0"]["mlp"]["wi_0"]["kernel"].spec == jax.sharding.PartitionSpec(("fsdp", "clip"), "tensor")
     with mesh_lib.mesh_context(mesh):
         sharded_params = jax.device_put(params, shardings)
         batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))

@@ -30,8 +30,8 @@ def test_global_batch_shards_the_batch_over_data_axes(mesh_shape):
         rows_per_shard = 16 // ways
         for shard in array.addressable_shards:
             assert shard.data.shape[0] == rows_per_shard
-            # Device (d, f, t) holds the rows of data-parallel index d * fsdp_size + f, for every t.
-            d, f, _ = np.argwhere(mesh.devices == shard.device)[0]
+            # Device (d, f, c, t) holds the rows of data-parallel index d * fsdp_size + f, for every c and t.
+            d, f, _, _ = np.argwhere(mesh.devices == shard.device)[0]
             start = (d * mesh.shape["fsdp"] + f) * rows_per_shard
             np.testing.assert_array_equal(np.asarray(shard.data), local[key][start:start + rows_per_shard])
     assert len(global_batch["video"].addressable_shards) == 8

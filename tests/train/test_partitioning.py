@@ -41,7 +41,7 @@ def test_logical_names_map_to_fsdp_and_tensor_and_indivisible_dims_replicate():
     abstract = {"kernel": jax.ShapeDtypeStruct((3, 3, 3, 8), "float32"),
                 "dense": jax.ShapeDtypeStruct((16, 8), "float32")}
     shardings = partitioning.shardings_from_logical(specs, mesh, mesh_lib.LOGICAL_AXIS_RULES, abstract)
-    assert shardings["dense"].spec == PartitionSpec("fsdp", "tensor")
+    assert shardings["dense"].spec == PartitionSpec(("fsdp", "clip"), "tensor")  # clip=1 here
     # 3 input channels cannot split over fsdp=2: replicated on that dimension.
     assert shardings["kernel"].spec == PartitionSpec(None, None, None, "tensor")
 
