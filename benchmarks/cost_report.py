@@ -71,14 +71,15 @@ def variant_config(size: str, variant: str, frames: int, remat: str):
 
 def if_variant_config(config_json: str, variant: str, frames: int, remat: str):
     """The IF U-Net of `config_json` inflated as runs/train_stunet_from_if.gin does (`variant` "fixed": without
-    temporal resampling), bf16 compute, per-block remat unless `remat` is "off"."""
+    temporal resampling), bf16 compute, per-block remat unless `remat` is "none" (the IF U-Net remats whole
+    blocks; the named policies of models/remat.py are our U-Net's)."""
     from lumiere_jax.models import if_config  # noqa: PLC0415 -- imports jax: after the device count
     from lumiere_jax.models.config import TemporalConfig  # noqa: PLC0415
     temporal = TemporalConfig(num_frames=frames or 80, resampling=variant == "stunet", attention_blocks=4,
                               attention_heads=16)
     with open(config_json) as file:
         fields = json.load(file)
-    return if_config.config_from_diffusers(fields, temporal=temporal, dtype="bfloat16", remat=remat != "off")
+    return if_config.config_from_diffusers(fields, temporal=temporal, dtype="bfloat16", remat=remat != "none")
 
 
 def measure(args: argparse.Namespace, variant: str) -> dict:

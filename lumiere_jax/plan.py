@@ -62,7 +62,7 @@ MATMUL_SIZE = 8192  # the reference matmul whose cost-model rate the efficiency 
 def parse_args(argv: Sequence[str]):
     parser = gin_cli.argument_parser(
         "lumiere-plan", __doc__.splitlines()[0],
-        "Overrides: --gin.KEY=VALUE, e.g. --gin.MeshConfig.shape='(1, -1, 1)' --gin.unet_adapter.remat=True")
+        "Overrides: --gin.KEY=VALUE, e.g. --gin.MeshConfig.shape='(1, -1, 1)' --gin.unet_adapter.remat='save_dots'")
     parser.add_argument("--stage", required=True, choices=sorted(STAGE_GIN_FILES))
     parser.add_argument("--topology", required=True,
                         help="TPU topology (v5:2x2x1, v6e:2x2, v5e:2x4, v4:2x2x1; needs libtpu) or cpu:N")
@@ -160,8 +160,7 @@ def _compile_train(mesh, rules, clips_per_shard: int) -> tuple[Any, dict]:
     step_fn = step_lib.bind_train_step(adapter, diffusion, tx, learning_rate, optimizer.ema_decay if use_ema else 0.0)
     rng = jax.ShapeDtypeStruct((), jax.eval_shape(jax.random.key, 0).dtype, sharding=partitioning.replicated(mesh))
     facts = {"examples": global_batch, "model_flops": estimate_lib.adapter_model_flops(adapter, global_batch, True),
-             "remat": adapter.module.config.remat, "remat_policy": getattr(diffusion, "remat_policy", None),
-             "model": adapter.name}
+             "remat": adapter.module.config.remat, "model": adapter.name}
     with mesh_lib.mesh_context(mesh, rules):
         compiled = loop.compile_train_step(step_fn, abstract.state, abstract.state_shardings, _batch(batch, mesh),
                                            {}, {}, rng, mesh)
