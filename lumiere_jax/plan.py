@@ -250,7 +250,6 @@ def report_lines(result: dict, chips: chips_lib.ChipSpecs, hbm_gib: float | None
     the chip's HBM is unknown)."""
     lines = [f"{result['stage']} on {result['topology']} ({result['num_chips']} x {result['device_kind']}), "
              f"mesh {result['mesh']}" + (f", remat {result['remat']}" if "remat" in result else "")
-             + (f", remat_policy {result['remat_policy']!r}" if result.get("remat_policy") is not None else "")
              + (f", {result['windows']} windows of {result['window_frames']} frames, "
                 f"{result['windows_per_call']} per call" if "windows" in result else "")]
     if "out_of_memory" in result:
