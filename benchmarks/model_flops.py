@@ -26,7 +26,7 @@ def xla_flops(fn, *args) -> float:
 
 def compare(size: str, batch_size: int) -> dict[str, tuple[float, float]]:
     """`{"forward" | "train": (XLA FLOPs, analytic FLOPs)}`; analytic counts taps inside the input, as XLA."""
-    config = dataclasses.replace(config_lib.stunet_config(size), remat=False)
+    config = dataclasses.replace(config_lib.stunet_config(size), remat="none")
     frames = config.temporal.num_frames
     inputs = example_inputs(config, batch_size, True)
     params = nn.unbox(jax.eval_shape(lambda: UNet(config).init(jax.random.key(0), **inputs))["params"])

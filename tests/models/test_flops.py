@@ -75,7 +75,7 @@ def test_forward_count_agrees_with_xla(name, config, frames):
     """Within 6% of XLA's count of the whole forward pass (counting taps inside the input, as XLA does);
     XLA's extra is elementwise work (norms, SiLU, softmax, biases, residuals) and, for the SSR, the bilinear
     resize of the low-res input."""
-    config = dataclasses.replace(config, remat=False, dtype="float32")
+    config = dataclasses.replace(config, remat="none", dtype="float32")
     inputs = example_inputs(config, batch_size=2, video=frames is not None)
     variables = jax.eval_shape(lambda: UNet(config).init(jax.random.key(0), **inputs))
     xla = _xla_flops(lambda v, i: UNet(config).apply(v, **i), variables, inputs)
@@ -87,7 +87,7 @@ def test_forward_count_agrees_with_xla(name, config, frames):
 def test_frozen_spatial_training_count_agrees_with_xla():
     """STUNet stage: gradients of the temporal parameters only. XLA's program (autodiff prunes the weight
     gradients of frozen layers and the input gradients nothing upstream needs) is within 6% of our count."""
-    config = dataclasses.replace(model_config.stunet_config("tiny"), remat=False, dtype="float32")
+    config = dataclasses.replace(model_config.stunet_config("tiny"), remat="none", dtype="float32")
     inputs = example_inputs(config, batch_size=2, video=True)
     params = nn.unbox(jax.eval_shape(lambda: UNet(config).init(jax.random.key(0), **inputs))["params"])
     flat = param_paths.flatten(params)
