@@ -81,3 +81,19 @@ def held_out_combinations() -> frozenset[Combination]:
 
 def is_held_out(scene: synthetic_render.Scene) -> bool:
     return Combination.of_scene(scene) in held_out_combinations()
+
+
+def render_window(combination: Combination, num_frames: int, height: int, width: int, window: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """A ground-truth clip of `combination` as training shows it: rendered as a dataset clip of `num_frames`
+    (the speeds are relative to it) with a drawn start, cut to a random window of `window` frames (the model's
+    length; stages/adapter.py cuts the same). Returns uint8 `[window, height, width, 3]`."""
+    if not 1 <= window <= num_frames:
+        raise ValueError(f"window={window} must lie in [1, num_frames={num_frames}]")
+    positions = synthetic_render.trajectory(combination.motion, combination.speed, num_frames, height, width, rng)
+    scene = synthetic_render.Scene(
+        shape=combination.shape, object_color=combination.object_color,
+        background_color=combination.background_color, motion=combination.motion, speed=combination.speed,
+        radius=synthetic_render.object_radius(height, width), positions=positions)
+    start = int(rng.integers(0, num_frames - window + 1))
+    return synthetic_render.render(scene, height, width)[start:start + window]
