@@ -16,8 +16,8 @@ Runs, each stage through the same command line a user would type (visible progre
      how well the image-to-video and cinemagraph clips keep the given image (first frame, static region), and
      whether the SSR, given ground-truth clips area-downsampled to the base size, comes closer to the full-size
      clips (PSNR) than bilinear upsampling of the same input (sample/upsample.py).
-  7. write index.html beside them: every clip animated with its prompt, mode and scores, the contact sheet,
-     and each stage's training loss (evaluate/demo_page.py; works offline).
+  7. write index.html beside them: the score tables, every clip animated with its prompt, mode and scores, the
+     contact sheet, and each stage's training loss (evaluate/demo_page.py; works offline).
 Everything is generated here (no downloads). Stages whose MODEL_DIR already holds the final checkpoint are
 skipped by the trainer's resume logic, so an interrupted demo continues where it stopped.
 """
