@@ -120,7 +120,8 @@ def test_summary_tables_show_each_value_beside_its_columns(demo_dir):
     path = demo_page.write_page(str(demo_dir), folders, {}, tables=[table])
     with open(path) as file:
         html_text = file.read()
-    rows = [row for row in html_text.split('<table class="summary">', 1)[1].split("</table>", 1)[0].split("<tr>") if row]
+    summary = html_text.split('<table class="summary">', 1)[1].split("</table>", 1)[0]
+    rows = [row for row in summary.split("<tr>") if row]
     cells = [[cell.split("<", 1)[0] for cell in row.replace("<th>", "<td>").split("<td>")[1:]] for row in rows]
     assert cells == [["", "all prompts", "chance", "ground truth"], ["object_color", "0.562", "0.125", "1.000"],
                      ["speed", "n/a", "0.500", "0.688"]]
