@@ -17,6 +17,8 @@ setuptools.setup(
     version="0.1.0",
     description="Lumiere-style space-time diffusion video models in JAX/Flax",
     packages=setuptools.find_packages(include=["lumiere_jax", "lumiere_jax.*"]),
+    # The tiny runs' caption vocabulary and pre-trained caption encoder (data/make_vocab.py, train/caption_encoder.py).
+    package_data={"lumiere_jax": ["data/assets/*.model", "models/assets/*/*.json", "models/assets/*/*.safetensors"]},
     python_requires=">=3.11",
     install_requires=read_requirements("requirements.txt"),
     extras_require={"test": read_requirements("requirements-test.txt")},

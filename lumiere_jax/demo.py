@@ -10,10 +10,14 @@ Runs, each stage through the same command line a user would type (visible progre
   4. fine-tune the 7-channel conditional STUNet      (runs/finetune_conditional.gin)
   5. sample text-to-video, image-to-video and a cinemagraph, SSR fused over time by MultiDiffusion; the
      conditional clips keep the given content by known-content replacement (and once without, base only)
-  6. write a contact sheet PNG and print the synthetic-domain quality score of the text-to-video clips, and how
-     well the image-to-video and cinemagraph clips keep the given image (first frame, static region).
-  7. write index.html beside them: every clip animated with its prompt, mode and scores, the contact sheet,
-     and each stage's training loss (evaluate/demo_page.py; works offline).
+  6. write a contact sheet PNG and print the synthetic-domain quality score of the 16 text-to-video clips (prompts
+     drawn with a fixed seed, half of them combinations the training split never shows; data/synthetic_prompts.py)
+     beside each metric's chance level and the score of ground-truth renders of the same prompts (the ceiling),
+     how well the image-to-video and cinemagraph clips keep the given image (first frame, static region), and
+     whether the SSR, given ground-truth clips area-downsampled to the base size, comes closer to the full-size
+     clips (PSNR) than bilinear upsampling of the same input (sample/upsample.py).
+  7. write index.html beside them: the score tables, every clip animated with its prompt, mode and scores, the
+     contact sheet, and each stage's training loss (evaluate/demo_page.py; works offline).
 Everything is generated here (no downloads). Stages whose MODEL_DIR already holds the final checkpoint are
 skipped by the trainer's resume logic, so an interrupted demo continues where it stopped.
 """
@@ -30,15 +34,16 @@ import time
 
 import numpy as np
 
+from lumiere_jax.data import synthetic_prompts
+
 # Tiny pipeline (our choice): base clips of 32x32 frames cut from the tiny dataset's 16-frame clips, SSR to
 # 64x64 on 4-frame windows (trained on the `small` synthetic config, 64x64): runs/demo_sr.gin, sample/demo.gin.
-
-TEXT_TO_VIDEO_PROMPTS = (
-    "a red circle moving quickly to the right on a blue background",
-    "a yellow square moving quickly up on a black background",
-    "a white triangle moving quickly to the left on a green background",
-    "a cyan diamond moving quickly down on a magenta background",
-)
+BASE_SIZE, BASE_CLIP_FRAMES = 32, 16   # the `tiny` synthetic config the base windows are cut from
+SSR_SIZE, SSR_CLIP_FRAMES = 64, 32     # the `small` config the SSR trains on
+SCORED = synthetic_prompts.scored_combinations()
+SSR_SHOWN_PROMPTS = 4  # text-to-video clips also sampled through the SSR (for the contact sheet and the page)
+SSR_CHECK_CLIPS = 8    # ground-truth clips of the SSR-versus-bilinear check
+GROUND_TRUTH_SEED = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,9 +123,14 @@ CINEMAGRAPH_BOX = (0.0, 0.0, 0.5, 1.0)  # (top, left, bottom, right): the top ha
 CONDITION_ERROR_LIMIT = 0.1  # mean absolute error (pixels in [-1, 1]) a kept frame or region should stay under
 
 
-def write_prompt_files(out_dir: str, condition: dict[str, str]) -> tuple[str, str]:
-    text_rows = [{"id": f"t2v_{index}", "prompt": prompt, "seed": index}
-                 for index, prompt in enumerate(TEXT_TO_VIDEO_PROMPTS)]
+def clip_id(index: int) -> str:
+    return f"t2v_{index:02d}"
+
+
+def write_prompt_files(out_dir: str, condition: dict[str, str]) -> tuple[str, str, str]:
+    """(all scored text-to-video rows, the first SSR_SHOWN_PROMPTS of them, the conditional rows) as JSONL."""
+    text_rows = [{"id": clip_id(index), "prompt": combination.caption(), "seed": index}
+                 for index, combination in enumerate(SCORED)]
     moving = condition["caption"].replace(" on a ", " moving quickly to the right on a ", 1)
     conditional_rows = [
         {"id": "i2v_0", "mode": "i2v", "prompt": moving, "image": condition["image"], "seed": 10},
@@ -128,24 +138,34 @@ def write_prompt_files(out_dir: str, condition: dict[str, str]) -> tuple[str, st
          "box": ",".join(str(value) for value in CINEMAGRAPH_BOX), "seed": 11},
     ]
     paths = []
-    for name, rows in (("text_to_video", text_rows), ("conditional", conditional_rows)):
+    for name, rows in (("text_to_video", text_rows), ("text_to_video_ssr", text_rows[:SSR_SHOWN_PROMPTS]),
+                       ("conditional", conditional_rows)):
         path = os.path.join(out_dir, f"{name}.jsonl")
         with open(path, "w") as file:
             file.writelines(json.dumps(row) + "\n" for row in rows)
         paths.append(path)
-    return paths[0], paths[1]
+    return paths[0], paths[1], paths[2]
+
+
+def sampling_flags(output_dir: str, prompts: str, stage: str, base_checkpoint: str, ssr_checkpoint: str,
+                   steps: DemoSteps) -> list[str]:
+    """The gin flags the demo's sampling commands share (base and SSR models, sampler steps)."""
+    return ["--gin_file=sample/base.gin", "--gin_file=sample/ssr.gin", "--gin_file=sample/cpu_tiny.gin",
+            f"--gin.OUTPUT_DIR={output_dir}", f"--gin.PROMPTS={prompts}", f"--gin.BASE_CHECKPOINT={base_checkpoint}",
+            f"--gin.SSR_CHECKPOINT={ssr_checkpoint}", f"--gin.BASE_STAGE={stage}",
+            f"--gin.SamplingConfig.num_steps={steps.base_sampling}",
+            f"--gin.SamplingConfig.ssr_num_steps={steps.ssr_sampling}", "--gin_file=sample/demo.gin",
+            *video_stage_bindings(steps.frames, "base/")]
 
 
 def sample_command(prompts: str, output_dir: str, stage: str, base_checkpoint: str, ssr_checkpoint: str,
-                   steps: DemoSteps, use_ssr: bool = True, replace_known: bool = False) -> list[str]:
-    return [sys.executable, "-m", "lumiere_jax.sample", "--gin_file=sample/base.gin", "--gin_file=sample/ssr.gin",
-            "--gin_file=sample/cpu_tiny.gin", f"--gin.OUTPUT_DIR={output_dir}", f"--gin.PROMPTS={prompts}",
-            f"--gin.BASE_CHECKPOINT={base_checkpoint}", f"--gin.SSR_CHECKPOINT={ssr_checkpoint}",
-            f"--gin.BASE_STAGE={stage}", f"--gin.SamplingConfig.num_steps={steps.base_sampling}",
-            f"--gin.SamplingConfig.ssr_num_steps={steps.ssr_sampling}", "--gin.OutputConfig.write_gif=True",
-            "--gin.OutputConfig.save_arrays=True", "--gin.sample_videos.batch_size=4",
-            "--gin_file=sample/demo.gin", *video_stage_bindings(steps.frames, "base/"),
-            f"--gin.ModelsConfig.use_ssr={use_ssr}", f"--gin.SamplingConfig.replace_known={replace_known}"]
+                   steps: DemoSteps, use_ssr: bool = True, replace_known: bool = False,
+                   batch_size: int = 4) -> list[str]:
+    return [sys.executable, "-m", "lumiere_jax.sample",
+            *sampling_flags(output_dir, prompts, stage, base_checkpoint, ssr_checkpoint, steps),
+            "--gin.OutputConfig.write_gif=True", "--gin.OutputConfig.save_arrays=True",
+            f"--gin.sample_videos.batch_size={batch_size}", f"--gin.ModelsConfig.use_ssr={use_ssr}",
+            f"--gin.SamplingConfig.replace_known={replace_known}"]
 
 
 def contact_sheet(video_dirs: list[str], path: str, frames_per_row: int = 8) -> int:
@@ -171,21 +191,68 @@ def contact_sheet(video_dirs: list[str], path: str, frames_per_row: int = 8) -> 
     return len(rows)
 
 
-def quality_report(video_dir: str) -> dict:
+def ground_truth_clips(size: int, clip_frames: int, window: int, count: int) -> list[np.ndarray]:
+    """Renders of the first `count` scored prompts as training shows them (uint8 `[window, size, size, 3]`)."""
+    return [synthetic_prompts.render_window(combination, clip_frames, size, size, window,
+                                            np.random.default_rng((GROUND_TRUTH_SEED, index)))
+            for index, combination in enumerate(SCORED[:count])]
+
+
+def quality_report(video_dir: str, frames: int) -> dict:
+    """Synthetic-domain scores of the text-to-video clips in `video_dir`: over all clips and over the held-out
+    prompts, each metric's chance level, and the scores of ground-truth renders of the same prompts."""
+    from lumiere_jax.data import video_io  # noqa: PLC0415
     from lumiere_jax.evaluate import synthetic_quality  # noqa: PLC0415
 
     clip_ids, videos, prompts = [], [], []
-    for name in sorted(os.listdir(video_dir)):
-        if name.endswith(".json") and name.startswith("t2v_"):
-            with open(os.path.join(video_dir, name)) as file:
-                prompts.append(json.load(file)["prompt"])
-            from lumiere_jax.data import video_io  # noqa: PLC0415
-
-            clip_ids.append(name[:-5])
-            videos.append(video_io.read_video(os.path.join(video_dir, name[:-5] + ".mp4"))[0])
+    for index, combination in enumerate(SCORED):
+        path = os.path.join(video_dir, clip_id(index) + ".mp4")
+        if os.path.exists(path):
+            clip_ids.append(clip_id(index))
+            videos.append(video_io.read_video(path)[0])
+            prompts.append(combination.caption())
     scores = synthetic_quality.score_videos(videos, prompts)
+    held_out = [clip_id(index) for index, combination in enumerate(SCORED)
+                if combination in synthetic_prompts.held_out_combinations()]
+    truth = synthetic_quality.score_videos(ground_truth_clips(BASE_SIZE, BASE_CLIP_FRAMES, frames, len(SCORED)),
+                                           [combination.caption() for combination in SCORED])
     return {"metrics": scores["metrics"], "chance": scores["chance"], "num_videos": scores["num_videos"],
-            "videos": {clip_id: detail["scores"] for clip_id, detail in zip(clip_ids, scores["videos"])}}
+            "metrics_held_out": synthetic_quality.mean_metrics(
+                [detail for name, detail in zip(clip_ids, scores["videos"]) if name in held_out]),
+            "ground_truth": truth["metrics"], "held_out_ids": held_out,
+            "videos": {name: detail["scores"] for name, detail in zip(clip_ids, scores["videos"])}}
+
+
+def ssr_check_command(inputs: str, output: str, out_dir: str, ssr_checkpoint: str, steps: DemoSteps) -> list[str]:
+    """The SSR alone on given low-resolution clips (sample/upsample.py), with the sampling jobs' settings (the base
+    stage's required flags are filled but unused: no base clip is sampled)."""
+    return [sys.executable, "-m", "lumiere_jax.sample.upsample",
+            *sampling_flags(out_dir, inputs, "stunet", ssr_checkpoint, ssr_checkpoint, steps),
+            "--gin_file=sample/upsample.gin", f"--gin.upsample_clips.inputs={inputs}",
+            f"--gin.upsample_clips.output={output}"]
+
+
+def ssr_psnr_report(out_dir: str, ssr_checkpoint: str, steps: DemoSteps) -> dict:
+    """PSNR against the full-size ground truth of the SSR and of bilinear upsampling, both given the same
+    ground-truth clips area-downsampled to the base size (as the SSR's training inputs are made)."""
+    from lumiere_jax.evaluate import upsampling  # noqa: PLC0415
+    from lumiere_jax.sample import conditions  # noqa: PLC0415
+
+    truth = [conditions.to_unit_range(clip)
+             for clip in ground_truth_clips(SSR_SIZE, SSR_CLIP_FRAMES, steps.frames, SSR_CHECK_CLIPS)]
+    low_res = upsampling.area_downsample(np.stack(truth), BASE_SIZE)  # [N, T, 32, 32, 3]
+    inputs, output = os.path.join(out_dir, "ssr_check_inputs.npz"), os.path.join(out_dir, "ssr_check_outputs.npz")
+    np.savez(inputs, low_res=low_res, prompts=np.array([c.caption() for c in SCORED[:SSR_CHECK_CLIPS]]))
+    run(ssr_check_command(inputs, output, out_dir, ssr_checkpoint, steps), "7_ssr_check", out_dir)
+    with np.load(output) as arrays:
+        upsampled = arrays["video"]
+    bilinear = upsampling.bilinear_upsample(low_res, SSR_SIZE)
+    clips = {clip_id(index): {"ssr": upsampling.psnr(upsampled[index], truth[index]),
+                              "bilinear": upsampling.psnr(bilinear[index], truth[index])}
+             for index in range(SSR_CHECK_CLIPS)}
+    return {"clips": clips, "mean": {name: float(np.mean([scores[name] for scores in clips.values()]))
+                                     for name in ("ssr", "bilinear")},
+            "ssr_closer": sum(scores["ssr"] > scores["bilinear"] for scores in clips.values())}
 
 
 def condition_report(video_dir: str, image_path: str) -> dict[str, float]:
@@ -207,8 +274,31 @@ def condition_report(video_dir: str, image_path: str) -> dict[str, float]:
     }
 
 
+def score_tables(report: dict) -> list:
+    """The demo's summary: each text-to-video metric (all prompts, held-out prompts) beside its chance level and the
+    ground truth's score, and the SSR-versus-bilinear PSNR per clip."""
+    from lumiere_jax.evaluate import demo_page  # noqa: PLC0415
+
+    metrics = report.get("metrics", {})
+    columns = ("metrics_held_out", "chance", "ground_truth")
+    quality = demo_page.ScoreTable(
+        f"Synthetic-domain quality of the {report.get('num_videos', 0)} text-to-video clips "
+        f"({len(report.get('held_out_ids', []))} prompts held out of training)",
+        ("all prompts", "held-out", "chance", "ground truth"),
+        {name: (value, *(report.get(column, {}).get(name) for column in columns)) for name, value in metrics.items()})
+    ssr = report.get("ssr_psnr")
+    if not ssr:
+        return [quality]
+    rows = {name: (scores["ssr"], scores["bilinear"]) for name, scores in ssr["clips"].items()}
+    rows[f"mean (SSR closer on {ssr['ssr_closer']} of {len(ssr['clips'])})"] = (ssr["mean"]["ssr"],
+                                                                                ssr["mean"]["bilinear"])
+    return [quality, demo_page.ScoreTable(
+        f"SSR versus bilinear upsampling of ground-truth clips area-downsampled to {BASE_SIZE}x{BASE_SIZE} "
+        f"(PSNR in dB against the {SSR_SIZE}x{SSR_SIZE} truth; higher is closer)", ("SSR", "bilinear"), rows)]
+
+
 def write_page(out_dir: str, report: dict, runs: dict[str, str], base_dir: str, video_dir: str,
-               model_only_dir: str, title: str) -> str:
+               model_only_dir: str, title: str, tables: list) -> str:
     """index.html in out_dir (evaluate/demo_page.py): the clips with their scores, the contact sheet, the losses.
 
     Scores: the base text-to-video clips' own synthetic quality (by clip id), and the conditional clips' errors
@@ -226,7 +316,7 @@ def write_page(out_dir: str, report: dict, runs: dict[str, str], base_dir: str, 
         demo_page.VideoFolder(model_only_dir, "fine-tuned model alone (base, no replacement)",
                               by_mode(report["conditioning_model_only"])),
     ]
-    return demo_page.write_page(out_dir, folders, runs, title)
+    return demo_page.write_page(out_dir, folders, runs, title, tables)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,13 +345,14 @@ def main(argv: list[str] | None = None) -> int:
         "4_finetune_conditional", out_dir)
 
     condition = write_condition_inputs(out_dir)
-    text_prompts, conditional_prompts = write_prompt_files(out_dir, condition)
+    text_prompts, ssr_text_prompts, conditional_prompts = write_prompt_files(out_dir, condition)
     video_dir = os.path.join(out_dir, "videos")
     base_dir = os.path.join(out_dir, "videos_base")
-    # The quality score reads the STUNet's own 32x32 output; the SSR output goes to the contact sheet.
-    run(sample_command(text_prompts, base_dir, "stunet", runs["stunet"], runs["ssr"], steps, use_ssr=False),
-        "5_sample_text_to_video_base", out_dir)
-    run(sample_command(text_prompts, video_dir, "stunet", runs["stunet"], runs["ssr"], steps),
+    # The quality score reads the STUNet's own 32x32 output, all 16 clips in one batch; the SSR output of the first
+    # few goes to the contact sheet and the page.
+    run(sample_command(text_prompts, base_dir, "stunet", runs["stunet"], runs["ssr"], steps, use_ssr=False,
+                       batch_size=len(SCORED)), "5_sample_text_to_video_base", out_dir)
+    run(sample_command(ssr_text_prompts, video_dir, "stunet", runs["stunet"], runs["ssr"], steps),
         "5_sample_text_to_video_ssr", out_dir)
     # The conditional clips keep the given content by known-content replacement (sample/base.py and sample/ssr.py,
     # base and SSR); the fine-tuned model's own fidelity, without it, is measured on base-only clips beside.
@@ -273,17 +364,18 @@ def main(argv: list[str] | None = None) -> int:
 
     sheet = os.path.join(out_dir, "contact_sheet.png")
     count = contact_sheet([base_dir, video_dir], sheet)
-    report = quality_report(base_dir)
+    report = quality_report(base_dir, steps.frames)
     report["conditioning"] = condition_report(video_dir, condition["image"])
     report["conditioning_model_only"] = condition_report(model_only_dir, condition["image"])
+    report["ssr_psnr"] = ssr_psnr_report(out_dir, runs["ssr"], steps)
     with open(os.path.join(out_dir, "quality.json"), "w") as file:
         json.dump(report, file, indent=2)
     print(f"\nvideos: {video_dir} (base only: {base_dir})\ncontact sheet ({count} videos): {sheet}")
-    print("synthetic-domain quality of the text-to-video clips (chance levels beside):")
-    for name, value in report["metrics"].items():
-        chance = report["chance"].get(name)
-        shown = "n/a" if value is None else f"{value:.3f}"
-        print(f"  {name:24s} {shown}" + (f"   (chance {chance:.3f})" if chance else ""))
+    tables = score_tables(report)
+    for table in tables:
+        print(f"{table.title}:\n  {'':28s}" + "".join(f"{column:>14s}" for column in table.columns))
+        for name, values in table.rows.items():
+            print(f"  {name:28s}" + "".join(f"{'n/a' if value is None else f'{value:.3f}':>14s}" for value in values))
     print(f"given content kept by the conditional clips (mean absolute error, pixels in [-1, 1]; "
           f"want <= {CONDITION_ERROR_LIMIT}), with known-content replacement / the fine-tuned model alone (base):")
     for name, value in report["conditioning"].items():
@@ -291,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         verdicts = ["ok" if error <= CONDITION_ERROR_LIMIT else "HIGH" for error in (value, alone)]
         print(f"  {name:32s} {value:.3f} {verdicts[0]:4s} / {alone:.3f} {verdicts[1]}")
     title = f"Lumiere demo ({'quick' if args.quick else 'full'})"
-    print(f"page: {write_page(out_dir, report, runs, base_dir, video_dir, model_only_dir, title)}")
+    print(f"page: {write_page(out_dir, report, runs, base_dir, video_dir, model_only_dir, title, tables)}")
     print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min")
     return 0
 

@@ -1,5 +1,6 @@
-"""The demo's conditioning check is wired in: with the stages replaced by stand-ins that write known clips,
-`main` writes the first-frame and static-region errors to quality.json and prints them."""
+"""The demo's checks are wired in: with the stages replaced by stand-ins that write known clips, `main` writes the
+first-frame and static-region errors and the SSR-versus-bilinear PSNR to quality.json and prints them; the scored
+prompts' ground-truth renders score at the ceiling."""
 
 import json
 import os
@@ -9,6 +10,12 @@ import pytest
 import tensorflow as tf
 
 from lumiere_jax import demo
+from lumiere_jax.data import synthetic_prompts
+from lumiere_jax.evaluate import synthetic_quality
+
+
+def numpy_psnr(estimate, reference):
+    return 10 * np.log10(4.0 / np.mean((np.asarray(estimate, np.float64) - reference) ** 2))
 
 
 def test_demo_reports_first_frame_and_static_region_errors(tmp_path, monkeypatch, capsys):
@@ -16,6 +23,13 @@ def test_demo_reports_first_frame_and_static_region_errors(tmp_path, monkeypatch
 
     def fake_run(command, log_name, out_dir):
         commands[log_name] = command
+        if log_name == "7_ssr_check":  # a stand-in SSR: nearest-neighbour upsampling of the given clips
+            flags = dict(arg.split("=", 1) for arg in command if arg.startswith("--gin.upsample_clips."))
+            with np.load(flags["--gin.upsample_clips.inputs"]) as arrays:
+                expected["low_res"] = arrays["low_res"]
+            nearest = np.repeat(np.repeat(expected["low_res"], 2, axis=2), 2, axis=3)
+            np.savez(flags["--gin.upsample_clips.output"], video=nearest)
+            return
         if not log_name.startswith("6_sample_conditional"):
             return
         output_dir = next(arg.split("=", 1)[1] for arg in command if arg.startswith("--gin.OUTPUT_DIR="))
@@ -35,7 +49,8 @@ def test_demo_reports_first_frame_and_static_region_errors(tmp_path, monkeypatch
 
     monkeypatch.setattr(demo, "run", fake_run)
     monkeypatch.setattr(demo, "contact_sheet", lambda dirs, path: 0)
-    monkeypatch.setattr(demo, "quality_report", lambda video_dir: {"metrics": {}, "chance": {}, "num_videos": 0})
+    monkeypatch.setattr(demo, "quality_report",
+                        lambda video_dir, frames: {"metrics": {}, "chance": {}, "num_videos": 0})
     assert demo.main(["--quick", f"--out_dir={tmp_path}"]) == 0
     assert "--gin.SamplingConfig.replace_known=True" in commands["6_sample_conditional"]
     assert "--gin.SamplingConfig.replace_known=False" in commands["6_sample_conditional_model_only"]
@@ -49,7 +64,34 @@ def test_demo_reports_first_frame_and_static_region_errors(tmp_path, monkeypatch
     assert model_only["i2v_first_frame_mae"] == pytest.approx(expected["i2v_first_frame_mae"], rel=1e-6)
     assert model_only["i2v_first_frame_mae"] > 0.1
     assert model_only["cinemagraph_static_region_mae"] == 0.0
+    ssr = report["ssr_psnr"]
+    truth = np.stack(demo.ground_truth_clips(64, 32, 8, 8)).astype(np.float64) / 127.5 - 1  # [8, 8, 64, 64, 3]
+    low_res = truth.reshape(8, 8, 32, 2, 32, 2, 3).mean(axis=(3, 5))  # 2x2 area average
+    np.testing.assert_allclose(expected["low_res"], low_res, atol=1e-6)
+    assert len(ssr["clips"]) == 8
+    for index, scores in enumerate(ssr["clips"].values()):
+        nearest = np.repeat(np.repeat(low_res[index], 2, axis=1), 2, axis=2)
+        assert scores["ssr"] == pytest.approx(numpy_psnr(nearest, truth[index]), rel=1e-5)
+        assert 10 < scores["bilinear"] < 60
+    assert ssr["mean"]["ssr"] == pytest.approx(np.mean([s["ssr"] for s in ssr["clips"].values()]))
     printed = capsys.readouterr().out
+    assert "SSR versus bilinear" in printed and f"SSR closer on {ssr['ssr_closer']} of 8" in printed
     assert "cinemagraph_static_region_mae" in printed and "HIGH" in printed
     assert f"page: {tmp_path / 'quick' / 'index.html'}" in printed  # written even with the stages' outputs missing
     assert "contact_sheet.png: not found" in (tmp_path / "quick" / "index.html").read_text()
+
+
+def test_ground_truth_renders_of_the_scored_prompts_score_at_the_ceiling():
+    frames = demo.FULL.frames
+    clips = demo.ground_truth_clips(demo.BASE_SIZE, demo.BASE_CLIP_FRAMES, frames, len(demo.SCORED))
+    assert len(clips) == len(demo.SCORED) >= 16 and clips[0].shape == (frames, 32, 32, 3)
+    result = synthetic_quality.score_videos(clips, [combination.caption() for combination in demo.SCORED])
+    for name in ("object_color", "background_color", "shape", "motion"):
+        assert result["metrics"][name] == 1.0, name
+    assert result["metrics"]["temporal_consistency"] >= 0.95
+    # Speed is named for the whole 16-frame dataset clip; an 8-frame window of a fast clip travels about as far
+    # as a whole slow one, so only the slow prompts' speed is right.
+    slow = np.mean([combination.speed == "slow" for combination in demo.SCORED])
+    assert result["metrics"]["speed"] == pytest.approx(slow)
+    held_out = [combination for combination in demo.SCORED if combination in synthetic_prompts.held_out_combinations()]
+    assert len(held_out) == synthetic_prompts.NUM_HELD_OUT

@@ -4,6 +4,8 @@ Each example is one object moving over a flat background (see `synthetic_render`
 shape, colours, motion and speed, so text controls both appearance and motion; the attributes and the
 per-frame object centre are stored beside the clip so generated videos can be scored later.
 Generation is deterministic: example `i` of split `s` is drawn from `np.random.default_rng((seed, s, i))`.
+The train split never shows the held-out combinations of the scored prompts (`synthetic_prompts`): a draw that
+lands on one is redrawn from the same generator; validation keeps them.
 
 Configs: `tiny` (16x32x32 @ 8 fps), `small` (32x64x64 @ 8 fps), `base` (80x128x128 @ 16 fps, the
 paper's base resolution) and image configs `image_tiny` (32x32), `image_base` (128x128) for
@@ -19,6 +21,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
+from lumiere_jax.data import synthetic_prompts
 from lumiere_jax.data import synthetic_render
 
 _SPLIT_INDEX = {"train": 0, "validation": 1}
@@ -55,12 +58,19 @@ BUILDER_CONFIGS = [
 ]
 
 
-def generate_example(config: SyntheticMotionConfig, split: str, index: int) -> dict:
-    """Renders example `index` of `split` as a tfds feature dict (a pure function of its arguments)."""
+def draw_scene(config: SyntheticMotionConfig, split: str, index: int) -> synthetic_render.Scene:
+    """The scene of example `index` of `split`; train scenes are redrawn until not a held-out combination."""
     rng = np.random.default_rng((config.seed, _SPLIT_INDEX[split], index))
     num_frames = 1 if config.image else config.num_frames
-    scene = synthetic_render.sample_scene(
-        rng, num_frames, config.height, config.width, still=config.image)
+    while True:
+        scene = synthetic_render.sample_scene(rng, num_frames, config.height, config.width, still=config.image)
+        if split != "train" or not synthetic_prompts.is_held_out(scene):
+            return scene
+
+
+def generate_example(config: SyntheticMotionConfig, split: str, index: int) -> dict:
+    """Renders example `index` of `split` as a tfds feature dict (a pure function of its arguments)."""
+    scene = draw_scene(config, split, index)
     frames = synthetic_render.render(scene, config.height, config.width)
     example = {
         "caption": synthetic_render.caption(scene, include_motion=not config.image),
@@ -80,8 +90,9 @@ def generate_example(config: SyntheticMotionConfig, split: str, index: int) -> d
 class SyntheticMotion(tfds.core.GeneratorBasedBuilder):
     """Captioned clips of simple shapes moving over flat backgrounds, with ground-truth attributes."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First release.",
+                     "1.1.0": "The train split leaves out the held-out combinations of the scored prompts."}
     BUILDER_CONFIGS = BUILDER_CONFIGS
 
     def _info(self) -> tfds.core.DatasetInfo:

@@ -31,7 +31,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from lumiere_jax.data import preprocessors
-from lumiere_jax.data import synthetic_motion  # noqa: F401  (registers the tfds builder)
+from lumiere_jax.data import synthetic_motion  # registers the tfds builder
 from lumiere_jax.data import video_folder  # noqa: F401  (registers the tfds builder)
 from lumiere_jax.data import vocab as vocab_lib
 from lumiere_jax.parallel import multihost
@@ -195,7 +195,7 @@ def register_synthetic_motion_tasks(
             "image_base", PixelSpec("image", 128, 128, num_frames=80, as_video=True)),
     }
     for name, (config, spec) in tasks.items():
-        source = _tfds_source(f"synthetic_motion/{config}:1.0.0", data_dir)
+        source = _tfds_source(f"synthetic_motion/{config}:{synthetic_motion.SyntheticMotion.VERSION}", data_dir)
         register_pixel_task(name, source, spec, vocabulary, shuffle_buffer_size=shuffle_buffer_size)
     mixtures = {}
     for size in ("tiny", "base"):

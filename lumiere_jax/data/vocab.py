@@ -1,7 +1,9 @@
 """Text vocabularies for the frozen T5 encoder and batch tokenisation.
 
 By default text is tokenised at the byte level as in ByT5 (`id = utf-8 byte + 3`, PAD=0, EOS=1, UNK=2),
-which needs no model file. A T5 v1.1 SentencePiece model (`spiece.model`) can be given instead.
+which needs no model file. A SentencePiece model can be given instead: a T5 v1.1 `spiece.model` path, or the
+name of one shipped with the package: "synthetic_captions", one piece per word of the synthetic captions
+(the tiny runs' vocabulary; `python -m lumiere_jax.data.make_vocab` regenerates it).
 """
 
 from __future__ import annotations
@@ -12,15 +14,22 @@ from collections.abc import Sequence
 import numpy as np
 import seqio
 
+CAPTION_VOCABULARY = "synthetic_captions"
+SHIPPED_SENTENCEPIECE_MODELS: dict[str, str] = {
+    CAPTION_VOCABULARY: os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "synthetic_captions.model"),
+}
+
 
 def get_vocabulary(sentencepiece_model_path: str | None = None) -> seqio.Vocabulary:
-    """Returns ByT5's byte vocabulary, or the SentencePiece vocabulary stored at the given path."""
+    """Returns ByT5's byte vocabulary, or the SentencePiece vocabulary of a shipped name or a path."""
     if sentencepiece_model_path is None:
         return seqio.ByteVocabulary()
+    sentencepiece_model_path = SHIPPED_SENTENCEPIECE_MODELS.get(sentencepiece_model_path, sentencepiece_model_path)
     if not os.path.isfile(sentencepiece_model_path):
         raise FileNotFoundError(
             f"SentencePiece model {sentencepiece_model_path!r} does not exist; pass the path of a T5 "
-            "`spiece.model` file, or None for the byte-level (ByT5) vocabulary")
+            f"`spiece.model` file, a shipped vocabulary ({sorted(SHIPPED_SENTENCEPIECE_MODELS)}), or None for "
+            "the byte-level (ByT5) vocabulary")
     return seqio.SentencePieceVocabulary(sentencepiece_model_path)
 
 

@@ -1,6 +1,7 @@
 """The demo's results page: `index.html` in the demo's out_dir, beside the videos it shows.
 
-It shows every generated clip as an animated GIF with its prompt, mode and scores, the contact sheet, and each
+It shows the summary score tables (e.g. each metric beside its chance level and the ground truth's score), every
+generated clip as an animated GIF with its prompt, mode and scores, the contact sheet, and each
 training stage's loss (`train/loss` in the TensorBoard event files of runs/<stage>/, train/loop.py) as a small
 inline SVG plot. It links only files under its own folder, by relative paths, and loads nothing else, so it
 works offline and can be moved with the folder. What it expected but did not find is listed on the page.
@@ -40,6 +41,15 @@ class VideoFolder:
 
 
 @dataclasses.dataclass(frozen=True)
+class ScoreTable:
+    """A summary table: one row per name, one value per column (None: not applicable)."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: Mapping[str, Sequence[float | None]]
+
+
+@dataclasses.dataclass(frozen=True)
 class View:
     """One folder's rendering of a clip: GIF and mp4 paths relative to the page (None when absent), scores."""
 
@@ -76,6 +86,7 @@ class Page:
     quality: str | None
     curves: tuple[LossCurve, ...]
     missing: tuple[str, ...]
+    tables: tuple[ScoreTable, ...] = ()
 
 
 def _relative(page_dir: str, path: str) -> str | None:
@@ -205,6 +216,9 @@ figcaption { font-size: 12px; color: #555; max-width: 260px; }
 .mode { background: #eee; border-radius: 3px; padding: 0 0.4em; font-weight: normal; font-size: 12px; }
 table.scores { font-size: 12px; border-collapse: collapse; }
 table.scores td { padding: 0 0.4em 0 0; }
+table.summary { border-collapse: collapse; }
+table.summary td, table.summary th { padding: 0.1em 0.8em 0.1em 0; text-align: right; }
+table.summary td:first-child { text-align: left; }
 img.sheet { image-rendering: pixelated; max-width: 100%; }
 svg.loss text { font-size: 10px; fill: #555; }
 svg.loss rect.frame { fill: none; stroke: #ccc; }
@@ -233,9 +247,19 @@ def _url(path: str) -> str:
 def _scores_table(scores: Mapping[str, float | None]) -> str:
     if not scores:
         return ""
-    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{'n/a' if value is None else f'{value:.3f}'}</td></tr>"
-                   for name, value in scores.items())
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{_format(value)}</td></tr>" for name, value in scores.items())
     return f'<table class="scores">{rows}</table>'
+
+
+def _format(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _summary_html(table: ScoreTable) -> str:
+    head = "".join(f"<th>{html.escape(column)}</th>" for column in ("", *table.columns))
+    rows = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{_format(value)}</td>" for value in values)
+                   + "</tr>" for name, values in table.rows.items())
+    return f'<h2>{html.escape(table.title)}</h2><table class="summary"><tr>{head}</tr>{rows}</table>'
 
 
 def _view_html(clip: Clip, view: View) -> str:
@@ -268,6 +292,7 @@ def render(page: Page, title: str = "Lumiere demo") -> str:
     if page.quality:
         parts.append(f'<p>Scores in full: <a href="{_url(page.quality)}">{html.escape(page.quality)}</a>. '
                      "Each animation links to its mp4.</p>")
+    parts += [_summary_html(table) for table in page.tables]
     if page.missing:
         items = "".join(f"<li>{html.escape(item)}</li>" for item in page.missing)
         parts.append(f'<section class="missing"><h2>Not found</h2><ul>{items}</ul></section>')
@@ -282,9 +307,11 @@ def render(page: Page, title: str = "Lumiere demo") -> str:
 
 
 def write_page(page_dir: str, folders: Sequence[VideoFolder], runs: Mapping[str, str],
-               title: str = "Lumiere demo") -> str:
-    """Collects and renders the page into `page_dir/index.html`; returns its path."""
+               title: str = "Lumiere demo", tables: Sequence[ScoreTable] = ()) -> str:
+    """Collects and renders the page (with the summary `tables` on top) into `page_dir/index.html`; returns its
+    path."""
     path = os.path.join(page_dir, PAGE_NAME)
+    page = dataclasses.replace(collect(page_dir, folders, runs), tables=tuple(tables))
     with open(path, "w") as file:
-        file.write(render(collect(page_dir, folders, runs), title))
+        file.write(render(page, title))
     return path

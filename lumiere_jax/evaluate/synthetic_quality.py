@@ -23,22 +23,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lumiere_jax.data import synthetic_prompts
 from lumiere_jax.data import synthetic_render
 from lumiere_jax.data import video_io
 from lumiere_jax.evaluate import caption_parser
 
 _PALETTE_NAMES = synthetic_render.COLOR_NAMES
 _PALETTE = np.array([synthetic_render.COLORS[name] for name in _PALETTE_NAMES], np.float32)  # [K, 3]
-
-# Chance accuracy of a uniform guess for each 0/1 attribute metric.
-CHANCE_LEVELS: dict[str, float] = {
-    "object_color": 1 / len(_PALETTE_NAMES),
-    "background_color": 1 / len(_PALETTE_NAMES),
-    "color": 1 / len(_PALETTE_NAMES),
-    "shape": 1 / len(synthetic_render.SHAPES),
-    "motion": 1 / len(synthetic_render.MOTIONS),
-    "speed": 1 / len(synthetic_render.SPEEDS),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,7 +279,7 @@ def score_videos(
     """Scores clips against their synthetic_motion prompts.
 
     Returns {"num_videos", "metrics": mean of each metric over the clips where it applies (None if none),
-    "chance": CHANCE_LEVELS, "videos": per clip {"prompt", "expected", "predicted", "scores"}}.
+    "chance": `chance_levels(prompts)`, "videos": per clip {"prompt", "expected", "predicted", "scores"}}.
     """
     if len(videos) != len(prompts):
         raise ValueError(f"got {len(videos)} videos but {len(prompts)} prompts; pass one prompt per video")
@@ -307,13 +298,47 @@ def score_videos(
             },
             "scores": score_analysis(analysis, expected),
         })
-    metric_names = details[0]["scores"] if details else {}
+    return {"num_videos": len(details), "metrics": mean_metrics(details), "chance": chance_levels(prompts),
+            "videos": details}
+
+
+def mean_metrics(details: Sequence[dict]) -> dict[str, float | None]:
+    """Mean of each metric over the clips (`score_videos`' "videos") where it applies; None where it never does."""
     metrics = {}
-    for name in metric_names:
+    for name in details[0]["scores"] if details else {}:
         values = [detail["scores"][name] for detail in details if detail["scores"][name] is not None]
         metrics[name] = float(np.mean(values)) if values else None
-    return {"num_videos": len(details), "metrics": metrics, "chance": dict(CHANCE_LEVELS),
-            "videos": details}
+    return metrics
+
+
+def chance_levels(prompts: Sequence[str]) -> dict[str, float]:
+    """Expected score of a generator that ignores the text and draws clips as the training split does.
+
+    For each attribute metric: the mean over the prompts that state the attribute of the probability that a
+    training clip has the prompt's value, under the builder's draw (`synthetic_render.sample_scene`: uniform over
+    the combinations, object colour != background colour, held-out combinations redrawn). Speed is scored only
+    when the motion is right, so its chance is conditional on the motion. "color" averages the two colours.
+    """
+    allowed = [combination for combination in synthetic_prompts.all_combinations()
+               if combination not in synthetic_prompts.held_out_combinations()]
+
+    def probability(**attributes) -> float:
+        matching = [c for c in allowed if all(getattr(c, name) == value for name, value in attributes.items())]
+        return len(matching) / len(allowed)
+
+    per_metric: dict[str, list[float]] = collections.defaultdict(list)
+    for prompt in prompts:
+        expected = caption_parser.parse_prompt(prompt)
+        for name in ("object_color", "shape", "background_color", "motion"):
+            if getattr(expected, name) is not None:
+                per_metric[name].append(probability(**{name: getattr(expected, name)}))
+        if expected.motion is not None and expected.speed is not None:
+            per_metric["speed"].append(probability(motion=expected.motion, speed=expected.speed)
+                                       / probability(motion=expected.motion))
+    chance = {name: float(np.mean(values)) for name, values in per_metric.items()}
+    if "object_color" in chance:
+        chance["color"] = (chance["object_color"] + chance["background_color"]) / 2
+    return chance
 
 
 def read_videos_dir(videos_dir: str | pathlib.Path) -> tuple[list[str], list[np.ndarray], list[str]]:

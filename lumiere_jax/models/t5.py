@@ -50,8 +50,11 @@ class T5EncoderConfig:
 
 
 PRESETS: dict[str, T5EncoderConfig] = {
-    # Random weights: tests and the CPU demo. Vocabulary covers ByT5's byte ids.
+    # Random weights: tests and runs written before the caption encoder. Vocabulary covers ByT5's byte ids.
     "tiny": T5EncoderConfig(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4),
+    # The CPU runs' encoder: the shipped "synthetic_captions" word vocabulary (34 ids, room for 64) and weights
+    # pre-trained on the synthetic captions (t5_weights.CAPTION_ENCODER; train/caption_encoder.py).
+    "tiny_words": T5EncoderConfig(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4),
     # google/byt5-small (encoder side).
     "byt5_small": T5EncoderConfig(vocab_size=384, d_model=1472, d_kv=64, d_ff=3584, num_layers=12, num_heads=6),
     # google/t5-v1_1-xxl, the encoder Imagen uses.
@@ -60,7 +63,8 @@ PRESETS: dict[str, T5EncoderConfig] = {
 
 
 def get_config(name: str, **overrides) -> T5EncoderConfig:
-    """Returns a preset (`tiny`, `byt5_small`, `t5_v1_1_xxl`) with optional field overrides (e.g. dtype)."""
+    """Returns a preset (`tiny`, `tiny_words`, `byt5_small`, `t5_v1_1_xxl`) with optional field overrides (e.g.
+    dtype)."""
     if name not in PRESETS:
         raise ValueError(f"unknown T5 encoder preset {name!r}; choose one of {sorted(PRESETS)}")
     return dataclasses.replace(PRESETS[name], **overrides)

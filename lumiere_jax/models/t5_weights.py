@@ -3,11 +3,14 @@
 Reads `config.json` and one of: `model.safetensors`, `model.safetensors.index.json` (sharded),
 `pytorch_model.bin` or `pytorch_model.bin.index.json` (these two need torch). Only encoder tensors are
 read; decoder and LM-head tensors of a full encoder-decoder checkpoint are skipped on purpose.
-Nothing is downloaded: the directory must already hold the files.
+Nothing is downloaded: the directory must already hold the files. `save_t5_encoder` writes the same layout
+(config.json + model.safetensors, encoder tensors only); the package ships one such directory, the tiny runs'
+caption encoder, loaded by name: `load_t5_encoder(CAPTION_ENCODER)`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -15,6 +18,7 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from lumiere_jax.models import t5
 
@@ -25,6 +29,15 @@ SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_FILE = "pytorch_model.bin"
 TORCH_INDEX = "pytorch_model.bin.index.json"
+CAPTION_ENCODER = "caption_t5_tiny"
+SHIPPED_ENCODERS: dict[str, str] = {
+    CAPTION_ENCODER: os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", CAPTION_ENCODER),
+}
+
+
+def resolve_directory(directory: str) -> str:
+    """A shipped encoder's folder for its name (`SHIPPED_ENCODERS`); any other value is a path, returned as is."""
+    return SHIPPED_ENCODERS.get(directory, directory)
 
 
 def config_from_hf(hf_config: Mapping, dtype: str = "float32") -> t5.T5EncoderConfig:
@@ -173,11 +186,46 @@ def load_t5_encoder(
     `dtype` is the activation dtype stored in the config; `param_dtype` the dtype of the returned arrays
     (bfloat16 halves host memory for T5-XXL's 4.7B encoder parameters).
     """
+    directory = resolve_directory(directory)
     config_path = os.path.join(directory, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(
             f"{config_path!r} does not exist; point to a Hugging Face T5 v1.1 / ByT5 model directory "
-            "holding config.json and the weights")
+            f"holding config.json and the weights, or name a shipped encoder ({sorted(SHIPPED_ENCODERS)})")
     with open(config_path) as f:
         config = config_from_hf(json.load(f), dtype=dtype)
     return config, convert_state_dict(read_state_dict(directory), config, param_dtype)
+
+
+def config_to_hf(config: t5.T5EncoderConfig) -> dict:
+    """The Hugging Face `config.json` of an encoder config (inverse of `config_from_hf`)."""
+    return {"model_type": "t5", "architectures": ["T5EncoderModel"], "feed_forward_proj": "gated-gelu",
+            "vocab_size": config.vocab_size, "d_model": config.d_model, "d_kv": config.d_kv, "d_ff": config.d_ff,
+            "num_layers": config.num_layers, "num_heads": config.num_heads,
+            "relative_attention_num_buckets": config.relative_attention_num_buckets,
+            "relative_attention_max_distance": config.relative_attention_max_distance,
+            "layer_norm_epsilon": config.layer_norm_epsilon, "is_encoder_decoder": False, "use_cache": False,
+            "pad_token_id": 0, "eos_token_id": 1}
+
+
+def to_state_dict(params: t5.Params, config: t5.T5EncoderConfig) -> dict[str, np.ndarray]:
+    """`T5Encoder` parameters -> Hugging Face encoder tensors (torch names and layouts; inverse of
+    `convert_state_dict`), float32."""
+    names = _torch_names(config)
+    tensors = {"shared.weight": np.asarray(params["token_embedding"]["embedding"], np.float32)}
+    for path, name in names.items():
+        value = np.asarray(functools.reduce(lambda tree, key: tree[key], path, params), np.float32)
+        if path[-1] == "kernel":
+            value = value.reshape(-1, value.shape[-1]) if path[-2] == "out" else value.reshape(value.shape[0], -1)
+            value = value.T  # torch Linear: [out, in]
+        tensors[name] = np.ascontiguousarray(value)
+    return tensors
+
+
+def save_t5_encoder(directory: str, config: t5.T5EncoderConfig, params: t5.Params) -> None:
+    """Writes `config.json` and `model.safetensors` (encoder tensors only) that `load_t5_encoder` reads."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "config.json"), "w") as file:
+        json.dump(config_to_hf(config), file, indent=2, sort_keys=True)
+        file.write("\n")
+    save_file(to_state_dict(params, config), os.path.join(directory, SAFETENSORS_FILE))

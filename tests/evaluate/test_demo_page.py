@@ -111,3 +111,18 @@ def test_missing_contact_sheet_is_listed_not_linked(demo_dir):
     assert f"{demo_page.CONTACT_SHEET_NAME}: not found" in "".join(parser.text)
     for link in parser.links:
         assert (demo_dir / link).is_file(), link
+
+
+def test_summary_tables_show_each_value_beside_its_columns(demo_dir):
+    table = demo_page.ScoreTable("Quality of 16 clips", ("all prompts", "chance", "ground truth"),
+                                 {"object_color": (0.5625, 0.125, 1.0), "speed": (None, 0.5, 0.6875)})
+    folders = [demo_page.VideoFolder("videos_base", "base")]
+    path = demo_page.write_page(str(demo_dir), folders, {}, tables=[table])
+    with open(path) as file:
+        html_text = file.read()
+    summary = html_text.split('<table class="summary">', 1)[1].split("</table>", 1)[0]
+    rows = [row for row in summary.split("<tr>") if row]
+    cells = [[cell.split("<", 1)[0] for cell in row.replace("<th>", "<td>").split("<td>")[1:]] for row in rows]
+    assert cells == [["", "all prompts", "chance", "ground truth"], ["object_color", "0.562", "0.125", "1.000"],
+                     ["speed", "n/a", "0.500", "0.688"]]
+    assert html_text.index("Quality of 16 clips") < html_text.index("<h2>Clips</h2>")

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from lumiere_jax.data import synthetic_prompts
 from lumiere_jax.data import synthetic_render
 from lumiere_jax.data import video_io
 from lumiere_jax.evaluate import caption_parser
@@ -138,9 +139,7 @@ def test_ground_truth_clips_score_perfectly(clips):
         assert result["metrics"][name] == 1.0, name
     assert result["metrics"]["size_stability"] > 0.9
     assert result["metrics"]["temporal_consistency"] > 0.95
-    assert result["chance"]["object_color"] == 1 / len(synthetic_render.COLORS)
-    assert result["chance"]["shape"] == 1 / len(synthetic_render.SHAPES)
-    assert result["chance"]["motion"] == 1 / len(synthetic_render.MOTIONS)
+    assert result["chance"] == synthetic_quality.chance_levels([synthetic_render.caption(s) for s in scenes])
     still = [d for d in result["videos"] if d["expected"]["motion"] == "still"]
     assert still and all(d["scores"]["speed"] is None for d in still)
 
@@ -257,3 +256,31 @@ def test_cli_prints_json_scores_for_an_mp4_folder(tmp_path):
     (tmp_path / "clip1.json").unlink()
     with pytest.raises(FileNotFoundError, match="clip1.json"):
         synthetic_quality.read_videos_dir(tmp_path)
+
+
+
+def test_chance_levels_are_the_closed_form_of_the_attribute_counts():
+    """A text-blind draw from the training split has a stated value v with probability (N_v - H_v) / (N - H):
+    N = 8 * 7 * 4 * 8 * 2 combinations, N_v of them with v (N / 8 for a colour, N / 4 for a shape, N / 8 for a
+    motion), H = 8 held out, H_v of them with v. Speed is conditional on the motion: (N_ms - H_ms) / (N_m - H_m)."""
+    total, held_out = 8 * 7 * 4 * 8 * 2, sorted(synthetic_prompts.held_out_combinations())
+    counts = {"object_color": total // 8, "background_color": total // 8, "shape": total // 4, "motion": total // 8}
+
+    def closed_form(name, value):
+        return (counts[name] - sum(getattr(c, name) == value for c in held_out)) / (total - len(held_out))
+
+    for combination in [*held_out, *synthetic_prompts.scored_combinations()]:
+        chance = synthetic_quality.chance_levels([combination.caption()])
+        for name in counts:
+            assert chance[name] == pytest.approx(closed_form(name, getattr(combination, name)), abs=1e-12), name
+        same_motion = [c for c in held_out if c.motion == combination.motion]
+        speed = ((total // 16 - sum(c.speed == combination.speed for c in same_motion))
+                 / (total // 8 - len(same_motion)))
+        assert chance["speed"] == pytest.approx(speed, abs=1e-12)
+        assert chance["color"] == pytest.approx((chance["object_color"] + chance["background_color"]) / 2)
+    # Over many prompts: about 1/8, 1/4, 1/8, 1/2; a still prompt states no speed, a still image no motion.
+    prompts = [c.caption() for c in synthetic_prompts.scored_combinations()]
+    chance = synthetic_quality.chance_levels(prompts + ["a red circle standing still on a blue background",
+                                                        "a green square on a white background"])
+    for name, value in {"object_color": 1 / 8, "shape": 1 / 4, "motion": 1 / 8, "speed": 1 / 2}.items():
+        assert chance[name] == pytest.approx(value, rel=5e-3), name

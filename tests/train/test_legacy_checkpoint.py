@@ -1,7 +1,8 @@
 """Run directories written by earlier versions keep loading (tests/fixtures/make_legacy_run.py made the fixture).
 
 The fixture is a tiny STUNet run from main at 1c15e15 (checkpoint at step 2, its data snapshot and configs).
-Resuming it with today's trainer and the same command line must restore exactly the saved parameters.
+Resuming it with today's trainer and the same command line (plus runs/cpu_tiny_bytes.gin: the fixture's tiny
+runs used the byte-level random T5) must restore exactly the saved parameters.
 """
 
 import importlib.util
@@ -53,7 +54,8 @@ def test_resuming_a_legacy_run_restores_its_parameters(tmp_path, cli_env):
     # Learning rate 0: the step after the restore leaves trainable and frozen parameters as restored.
     result = subprocess.run(
         [sys.executable, "-m", "lumiere_jax.train", "--gin_file=runs/train_stunet.gin",
-         "--gin_file=runs/cpu_tiny.gin", *todays_flags(maker.TINY + maker.VIDEO), f"--gin.MODEL_DIR='{model_dir}'",
+         "--gin_file=runs/cpu_tiny.gin", "--gin_file=runs/cpu_tiny_bytes.gin", *todays_flags(maker.TINY + maker.VIDEO),
+         f"--gin.MODEL_DIR='{model_dir}'",
          "--gin.T2I_CHECKPOINT='/nonexistent/t2i'", f"--gin.SyntheticMotionConfig.data_dir='{maker.DATA_DIR}'",
          "--gin.train.num_train_steps=3", "--gin.CheckpointConfig.save_every_steps=1",
          "--gin.OptimizerConfig.learning_rate=0.0"],
