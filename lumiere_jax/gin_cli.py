@@ -35,15 +35,21 @@ def argument_parser(prog: str, description: str, epilog: str) -> argparse.Argume
     return parser
 
 
-def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str], example_gin_file: str) -> argparse.Namespace:
-    """Parses known flags; collects `--gin.KEY=VALUE` into `args.gin_overrides` and requires a gin file."""
-    args, unknown = parser.parse_known_args(argv)
-    args.gin_overrides = []
+def gin_overrides(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> list[str]:
+    """Binding lines of the `--gin.KEY=VALUE` arguments; any other unknown argument is a parser error."""
+    lines = []
     for item in unknown:
         if not item.startswith("--gin.") or "=" not in item:
             parser.error(f"unrecognised argument {item!r}; overrides are written --gin.KEY=VALUE")
         key, value = item[len("--gin."):].split("=", 1)
-        args.gin_overrides.append(binding_line(key, value))
+        lines.append(binding_line(key, value))
+    return lines
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str], example_gin_file: str) -> argparse.Namespace:
+    """Parses known flags; collects `--gin.KEY=VALUE` into `args.gin_overrides` and requires a gin file."""
+    args, unknown = parser.parse_known_args(argv)
+    args.gin_overrides = gin_overrides(parser, unknown)
     if not args.gin_file:
         parser.error(f"give at least one --gin_file, e.g. --gin_file={example_gin_file}")
     return args

@@ -77,12 +77,7 @@ def parse_args(argv: Sequence[str]):
     parser.add_argument("--refresh", action="store_true", help="recompile even when a cached result exists")
     parser.add_argument("--json", default="", help="also write the result to this file")
     args, unknown = parser.parse_known_args(argv)
-    args.gin_overrides = []
-    for item in unknown:
-        if not item.startswith("--gin.") or "=" not in item:
-            parser.error(f"unrecognised argument {item!r}; overrides are written --gin.KEY=VALUE")
-        key, value = item[len("--gin."):].split("=", 1)
-        args.gin_overrides.append(gin_cli.binding_line(key, value))
+    args.gin_overrides = gin_cli.gin_overrides(parser, unknown)
     args.gin_file = [STAGE_GIN_FILES[args.stage], *args.gin_file]
     if args.clips_per_shard < 1:
         parser.error(f"--clips_per_shard={args.clips_per_shard} must be at least 1")

@@ -1,5 +1,6 @@
-"""Entry points stay thin: every gin-configurable function of train, sample, export and evaluate takes at most
-12 parameters; further settings belong in small config dataclasses (docs/ARCHITECTURE.md, 'Entry points')."""
+"""Entry points stay thin: every gin-configurable function of train, sample, export, evaluate and data (the text
+cache job) takes at most 12 parameters; further settings belong in small config dataclasses (docs/ARCHITECTURE.md,
+'Entry points')."""
 
 import importlib
 import inspect
@@ -8,7 +9,7 @@ import pathlib
 import gin
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PACKAGES = ("train", "sample", "export", "evaluate")
+PACKAGES = ("train", "sample", "export", "evaluate", "data")
 MAX_PARAMETERS = 12
 
 

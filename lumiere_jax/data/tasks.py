@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import re
 
+import gin
 import jax
 import seqio
 import tensorflow as tf
@@ -265,3 +266,23 @@ def register_ucf101_task(
         vocabulary or vocab_lib.get_vocabulary(),
         caption_preprocessors=(functools.partial(_label_to_caption, captions=captions),))
     return name
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class SyntheticMotionConfig:
+    """The embedded synthetic_motion tasks, registered before the pipeline (or the text cache) reads them.
+
+    Attributes:
+      data_dir: the tfds data directory (None: ~/tensorflow_datasets).
+      prepare_configs: configs rendered into `data_dir` first if missing, e.g. ("tiny", "image_tiny").
+      sentencepiece_model: vocabulary the captions are tokenised with; None: bytes, as ByT5.
+    """
+
+    data_dir: str | None = None
+    prepare_configs: tuple[str, ...] = ()
+    sentencepiece_model: str | None = None
+
+    def register(self) -> None:
+        prepare_synthetic_motion(self.data_dir, tuple(self.prepare_configs))
+        register_synthetic_motion_tasks(self.data_dir, vocab_lib.get_vocabulary(self.sentencepiece_model))

@@ -26,7 +26,7 @@ padding) beside tokens and mask, and `train.step.encode_text` uses them instead 
 
 Command line (gin flags as every entry point, lumiere_jax/gin_cli.py; gin_configs/data/text_cache.gin):
     python -m lumiere_jax.data.text_cache --gin_file=runs/train_stunet.gin --gin_file=data/text_cache.gin \\
-      --gin.TEXT_CACHE_DIR=/data/text_cache --gin.build_text_cache.data_dir=/data/tfds
+      --gin.TEXT_CACHE_DIR=/data/text_cache --gin.SyntheticMotionConfig.data_dir=/data/tfds
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ from lumiere_jax import gin_cli
 from lumiere_jax import storage
 from lumiere_jax.data import preprocessors
 from lumiere_jax.data import tasks as tasks_lib
-from lumiere_jax.data import vocab as vocab_lib
 from lumiere_jax.models import t5
 from lumiere_jax.stages import factory
 from lumiere_jax.stages import text as text_lib
@@ -341,22 +340,19 @@ def build_text_cache(
     train_seed: int = 0,
     batch_size: int = 64,
     num_shards: int = 64,
-    data_dir: str | None = None,
-    prepare_configs: Sequence[str] = (),
-    sentencepiece_model: str | None = None,
-    register_synthetic_motion: bool = True,
+    synthetic_motion: tasks_lib.SyntheticMotionConfig | None = tasks_lib.SyntheticMotionConfig(),
 ) -> list[dict]:
     """Caches `splits` of a task (or of every task of a mixture) into `output_dir`; returns the manifests.
 
     The encoder is the trainer's: preset `text_encoder` with weights from `t5_dir` (loaded in `t5_param_dtype`,
     as `pretrained_text_encoder`), or when None the random init of a run with `train.seed = train_seed`.
-    Tasks are registered as `seqio_iterator` does (`data_dir`, `prepare_configs`, `sentencepiece_model`).
+    `synthetic_motion` registers the embedded tasks first, as for `seqio_iterator` (the same gin bindings:
+    `SyntheticMotionConfig.data_dir`, ...); None: the task is registered elsewhere.
     Each split is dealt round-robin into `num_shards` files (fewer if it has fewer examples): give at least
     one per host that reads it (seqio shards by file).
     """
-    tasks_lib.prepare_synthetic_motion(data_dir, tuple(prepare_configs))
-    if register_synthetic_motion:
-        tasks_lib.register_synthetic_motion_tasks(data_dir, vocab_lib.get_vocabulary(sentencepiece_model))
+    if synthetic_motion is not None:
+        synthetic_motion.register()
     identity = EncoderIdentity.create(text_encoder, text_length, t5_dir, train_seed)
     encoder, params = load_text_encoder(text_encoder, t5_dir, t5_param_dtype, train_seed)
     return [build_split(task_name, split, output_dir, encoder, params, identity, batch_size, num_shards)
@@ -466,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = gin_cli.argument_parser(
         "lumiere-text-cache", "Cache frozen-T5 text embeddings beside a task's examples.",
         "Give the run's gin files and data/text_cache.gin, e.g. --gin_file=runs/train_stunet.gin "
-        "--gin_file=data/text_cache.gin --gin.TEXT_CACHE_DIR=/data/text_cache --gin.build_text_cache.data_dir=DIR")
+        "--gin_file=data/text_cache.gin --gin.TEXT_CACHE_DIR=/data/text_cache --gin.SyntheticMotionConfig.data_dir=DIR")
     args = gin_cli.parse_args(parser, sys.argv[1:] if argv is None else argv, "data/text_cache.gin")
     try:
         # Not finalized: run files hold required macros (MODEL_DIR, ...) that building a cache does not need.

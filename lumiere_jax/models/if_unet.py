@@ -47,7 +47,7 @@ from lumiere_jax.models.layers import (Dtype, TOKEN_AXES, constrain_image, conv_
                                        layer_norm)
 from lumiere_jax.models.temporal import (SpaceTimeConvBlock, TemporalAttentionBlock, TemporalDownsample,
                                          TemporalUpsample, batch_to_frames, frames_to_batch)
-from lumiere_jax.models.unet import frames_per_level
+from lumiere_jax.models.unet import clip_frames, frames_per_level
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -266,11 +266,7 @@ class IFUNet(nn.Module):
             raise ValueError("a stage II IF config needs low_res and noise_level")
         if not config.noise_level_conditioning and low_res is not None:
             raise ValueError("low_res given to a stage I IF config (noise_level_conditioning=False)")
-        if x.ndim == 4:
-            return None
-        if config.temporal is None:
-            raise ValueError(f"video input {x.shape} needs a config with temporal=TemporalConfig(...)")
-        return x.shape[1]
+        return clip_frames(x, config.temporal)
 
     @nn.compact
     def __call__(self, x: jax.Array, timesteps: jax.Array, text_embeddings: jax.Array, text_mask: jax.Array,

@@ -93,6 +93,15 @@ def upsample_low_res(low_res: jax.Array, height: int, width: int) -> jax.Array:
     return jax.image.resize(low_res, (low_res.shape[0], height, width, low_res.shape[-1]), method="bilinear")
 
 
+def clip_frames(x: jax.Array, temporal) -> int | None:
+    """Frames of a video input `[B, T, H, W, C]` (None for images `[B, H, W, C]`); video needs temporal layers."""
+    if x.ndim == 4:
+        return None
+    if temporal is None:
+        raise ValueError(f"video input {x.shape} needs a config with temporal=TemporalConfig(...)")
+    return x.shape[1]
+
+
 class UNet(nn.Module):
     """Imagen-style text-conditioned U-Net; with `config.temporal` also the space-time STUNet / inflated SSR."""
 
@@ -113,11 +122,7 @@ class UNet(nn.Module):
             raise ValueError("this SR config needs low_res and noise_aug_logsnr")
         if not config.low_res_channels and low_res is not None:
             raise ValueError("low_res given but config.low_res_channels=0; use an SR config")
-        if x.ndim == 4:
-            return None
-        if config.temporal is None:
-            raise ValueError(f"video input {x.shape} needs a config with temporal=TemporalConfig(...)")
-        return x.shape[1]
+        return clip_frames(x, config.temporal)
 
     @nn.compact
     def __call__(self, x: jax.Array, logsnr: jax.Array, text_embeddings: jax.Array, text_mask: jax.Array,

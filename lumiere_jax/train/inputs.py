@@ -8,29 +8,8 @@ import gin
 
 from lumiere_jax.data import masks as masks_lib
 from lumiere_jax.data import pipeline
-from lumiere_jax.data import tasks
+from lumiere_jax.data.tasks import SyntheticMotionConfig
 from lumiere_jax.data import text_cache as text_cache_lib
-from lumiere_jax.data import vocab
-
-
-@gin.configurable
-@dataclasses.dataclass(frozen=True)
-class SyntheticMotionConfig:
-    """The embedded synthetic_motion tasks (data/tasks.py), registered before the pipeline reads them.
-
-    Attributes:
-      data_dir: the tfds data directory (None: ~/tensorflow_datasets).
-      prepare_configs: configs rendered into `data_dir` first if missing, e.g. ("tiny", "image_tiny").
-      sentencepiece_model: vocabulary the captions are tokenised with; None: bytes, as ByT5.
-    """
-
-    data_dir: str | None = None
-    prepare_configs: tuple[str, ...] = ()
-    sentencepiece_model: str | None = None
-
-    def register(self) -> None:
-        tasks.prepare_synthetic_motion(self.data_dir, tuple(self.prepare_configs))
-        tasks.register_synthetic_motion_tasks(self.data_dir, vocab.get_vocabulary(self.sentencepiece_model))
 
 
 @gin.configurable

@@ -40,8 +40,7 @@ def cache_dir(tmp_path_factory, synthetic_data_dir):
     directory = str(tmp_path_factory.mktemp("text_cache"))
     text_cache.build_text_cache(
         output_dir=directory, mixture_or_task_name=TASK, text_encoder="tiny", text_length=TEXT_LENGTH,
-        splits=(SPLIT,), batch_size=BATCH, num_shards=3, data_dir=synthetic_data_dir,
-        register_synthetic_motion=False)
+        splits=(SPLIT,), batch_size=BATCH, num_shards=3, synthetic_motion=None)
     return directory
 
 
@@ -124,8 +123,7 @@ def test_rerun_does_nothing_and_partial_output_is_rebuilt(cache_dir, synthetic_d
             "--gin_file=data/synthetic_motion_tiny.gin", "--gin_file=data/text_cache.gin",
             f"--gin.TEXT_CACHE_DIR={cache_dir}", "--gin.TEXT_ENCODER='tiny'", "--gin.T5_DIR=None",
             f"--gin.TEXT_LENGTH={TEXT_LENGTH}", f"--gin.build_text_cache.splits=('{SPLIT}',)",
-            f"--gin.build_text_cache.data_dir={synthetic_data_dir}",
-            "--gin.build_text_cache.register_synthetic_motion=False"])
+            "--gin.build_text_cache.synthetic_motion=None"])
     finally:
         gin.clear_config()
     assert status == 0
@@ -248,8 +246,7 @@ def test_cache_built_on_gcs_reads_back_like_the_local_one(cache_dir, synthetic_d
     gcs_cache = f"{bucket}/text_cache"
     text_cache.build_text_cache(
         output_dir=gcs_cache, mixture_or_task_name=TASK, text_encoder="tiny", text_length=TEXT_LENGTH,
-        splits=(SPLIT,), batch_size=BATCH, num_shards=3, data_dir=synthetic_data_dir,
-        register_synthetic_motion=False)
+        splits=(SPLIT,), batch_size=BATCH, num_shards=3, synthetic_motion=None)
     local_files = {os.path.basename(path): path for path in shard_files(cache_dir)}
     assert gcs_emulator.objects(bucket) == sorted(f"text_cache/{TASK}/{SPLIT}/{name}" for name in local_files)
     for name, path in local_files.items():

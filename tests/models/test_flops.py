@@ -3,12 +3,12 @@ un-rematted forward pass and of a frozen-spatial training gradient on the CPU ba
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
 from lumiere_jax.models import config as model_config
+from benchmarks import model_flops as model_flops_benchmark
 from lumiere_jax.models import flops as flops_lib
 from lumiere_jax.models import param_paths
 from lumiere_jax.models.layers import SelfAttentionBlock, conv_layer
@@ -86,19 +86,10 @@ def test_forward_count_agrees_with_xla(name, config, frames):
 
 def test_frozen_spatial_training_count_agrees_with_xla():
     """STUNet stage: gradients of the temporal parameters only. XLA's program (autodiff prunes the weight
-    gradients of frozen layers and the input gradients nothing upstream needs) is within 6% of our count."""
+    gradients of frozen layers and the input gradients nothing upstream needs) is within 6% of our count
+    (the comparison of benchmarks/model_flops.py, on the tiny preset)."""
     config = dataclasses.replace(model_config.stunet_config("tiny"), remat="none", dtype="float32")
-    inputs = example_inputs(config, batch_size=2, video=True)
-    params = nn.unbox(jax.eval_shape(lambda: UNet(config).init(jax.random.key(0), **inputs))["params"])
-    flat = param_paths.flatten(params)
-    trained = {path: leaf for path, leaf in flat.items() if param_paths.is_temporal(path)}
-    frozen = {path: leaf for path, leaf in flat.items() if not param_paths.is_temporal(path)}
-
-    def loss(trained, frozen, inputs):
-        merged = param_paths.unflatten({**trained, **frozen})
-        return jnp.mean(UNet(config).apply({"params": merged}, **inputs) ** 2)
-
-    xla = _xla_flops(jax.grad(loss), trained, frozen, inputs)
+    xla, _ = model_flops_benchmark.compare("tiny", batch_size=2)["train"]
     count = flops_lib.model_flops(config, 2, 8, trained=param_paths.is_temporal, padding_taps=False)
     assert count.forward < count.train < 3 * count.forward  # frozen layers are not 3x
     assert count.train <= xla <= 1.06 * count.train, (count.train, xla)
