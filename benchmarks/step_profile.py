@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import pathlib
 import re
 import tempfile
 import time
@@ -50,8 +51,9 @@ def instructions(hlo_text: str) -> dict[str, tuple[str, str, str]]:
 
 
 def op_kind(opcode: str, text: str) -> str:
-    """Kind of one compiled op; a convolution whose window exceeds 7 taps is a weight gradient (XLA writes it
-    as a convolution of the activations with the output gradient)."""
+    """Kind of one compiled op. A convolution whose window exceeds 7 taps is a weight gradient (XLA writes it as a
+    convolution of the activations with the output gradient, windowed by the image): one over 7 frames or pixels
+    or fewer is counted as an input gradient."""
     backward = "transpose(jvp" in text
     if "convolution(" in text:
         window = re.search(r"window=\{size=(\d+)", text)
@@ -98,7 +100,7 @@ def profile(size: str, stage: str, base_channels: int | None, steps: int) -> tup
         for _ in range(steps):
             step()
     wall, cpu = (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
-    trace = next(storage.as_path(trace_dir).rglob("*.xplane.pb"))
+    trace = next(pathlib.Path(trace_dir).rglob("*.xplane.pb"))  # a local temporary folder
     data = jax.profiler.ProfileData.from_serialized_xspace(storage.read_bytes(trace))
     by_kind, by_layer = collections.Counter(), collections.Counter()
     for plane in data.planes:
