@@ -107,7 +107,7 @@ def main() -> None:
         if args.train_steps > 0:
             from benchmarks import train_step  # noqa: PLC0415 -- compiles a model; only when asked
 
-            result = train_step.benchmark(config, "video", "float32", args.train_steps)
+            result = train_step.benchmark(config, "stunet", "float32", args.train_steps)
             consumed = result["batch"] / result["step_seconds"]
             print(f"  STUNet {config} train step (batch {result['batch']}): {consumed:.2f} clips/s consumed; "
                   f"pipeline / consumption = {clips / consumed:.1f}x")

@@ -8,10 +8,23 @@ from __future__ import annotations
 
 import argparse
 
+import jax
+import jax.numpy as jnp
+
 from lumiere_jax.parallel.chips import matmul_flops_per_second, time_best
 
 DEFAULT_SIZES = (1024, 2048)
-__all__ = ["matmul_flops_per_second", "peak_flops_per_second", "time_best"]
+__all__ = ["matmul_call", "matmul_flops_per_second", "peak_flops_per_second", "time_best"]
+
+
+def matmul_call(size: int):
+    """`(call, flops)`: a compiled float32 `[size, size] @ [size, size]` product on fixed operands, 2 * size^3 FLOPs."""
+    key_a, key_b = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(key_a, (size, size), jnp.float32)
+    b = jax.random.normal(key_b, (size, size), jnp.float32)
+    product = jax.jit(jnp.matmul)
+    jax.block_until_ready(product(a, b))
+    return (lambda: product(a, b)), 2.0 * size ** 3
 
 
 def peak_flops_per_second(sizes=DEFAULT_SIZES, repeats: int = 5) -> float:

@@ -53,10 +53,47 @@ def dense_layer(features: int, *, name: str, dtype: Dtype, param_dtype: Dtype,
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)), name=name)
 
 
-def group_norm(groups: int, *, name: str, dtype: Dtype, param_dtype: Dtype, epsilon: float = 1e-6) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=groups, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), name=name)
+class GroupNorm(nn.Module):
+    """Group normalisation of `x: [N, ..., C]` over the middle axes and the channels of each of `groups` groups,
+    with a per-channel scale and bias: `nn.GroupNorm`'s parameters (`scale`, `bias`: [C]), epsilon (1e-6) and
+    float32 statistics (E[x^2] - E[x]^2), and its output up to float32 rounding.
+
+    Faster on CPU: the statistics are per-channel sums over the middle axes (a contiguous reduction) then sums
+    within groups of the small `[N, C]` result (`nn.GroupNorm` reduces a `[N, ..., G, C/G]` view, which XLA:CPU
+    runs several times slower), and the normalisation is one multiply-add with per-(example, channel) factors.
+    """
+
+    groups: int
+    epsilon: float = 1e-6
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        if channels % self.groups:
+            raise ValueError(f"{self.groups} groups do not divide {channels} channels; choose a divisor of {channels}")
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (channels,),
+                           self.param_dtype)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (channels,),
+                          self.param_dtype)
+        values = x.astype(jnp.float32)
+        middle = tuple(range(1, x.ndim - 1))
+        count = channels // self.groups * (x.size // (x.shape[0] * channels))  # elements per (example, group)
+
+        def group_mean(per_channel_sums: jax.Array) -> jax.Array:  # [N, C] -> [N, G, 1]
+            return per_channel_sums.reshape(x.shape[0], self.groups, -1).sum(-1, keepdims=True) / count
+
+        mean = group_mean(values.sum(middle))
+        variance = jnp.maximum(group_mean(jnp.square(values).sum(middle)) - jnp.square(mean), 0.0)
+        factor = jax.lax.rsqrt(variance + self.epsilon) * scale.astype(jnp.float32).reshape(self.groups, -1)
+        offset = bias.astype(jnp.float32).reshape(self.groups, -1) - mean * factor  # [N, G, C/G]
+        broadcast = (x.shape[0],) + (1,) * len(middle) + (channels,)
+        return (values * factor.reshape(broadcast) + offset.reshape(broadcast)).astype(self.dtype)
+
+
+def group_norm(groups: int, *, name: str, dtype: Dtype, param_dtype: Dtype, epsilon: float = 1e-6) -> GroupNorm:
+    return GroupNorm(groups, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 def layer_norm(*, name: str, dtype: Dtype, param_dtype: Dtype, epsilon: float = 1e-6) -> nn.LayerNorm:

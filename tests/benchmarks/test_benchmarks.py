@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import compiled_cost, cost_report, fake_devices, long_video, memory_scaling, minimal_step, solvers
+from benchmarks import (compiled_cost, cost_report, fake_devices, long_video, memory_scaling, minimal_step, solvers,
+                        step_profile)
 from lumiere_jax.data import synthetic_render
 from lumiere_jax.evaluate import synthetic_quality
 from lumiere_jax.models import config as config_lib
@@ -210,3 +211,18 @@ def test_cost_report_reports_a_step_refused_for_memory(monkeypatch, capsys):
     assert cost_report.main(["--size", "tiny", "--devices", "2", "--variants", "stunet"]) == 0
     out = capsys.readouterr().out
     assert "does not fit: program need 38.63 GiB > 31.25 GiB available per chip" in out
+
+
+def test_step_profile_tells_convolution_kinds_apart_in_compiled_hlo():
+    """Forward, input-gradient and weight-gradient convolutions of a compiled conv gradient are told apart, and
+    the layer comes from the metadata."""
+    def loss(kernel, image):  # image: [1, 16, 16, 4], kernel: [3, 3, 4, 4]
+        out = jax.lax.conv_general_dilated(image, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return (out ** 2).sum()
+
+    kernel, image = np.ones((3, 3, 4, 4), np.float32), np.ones((1, 16, 16, 4), np.float32)
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(kernel, image).compile().as_text()
+    kinds = {step_profile.op_kind(opcode, text) for _, opcode, text in step_profile.instructions(hlo).values()}
+    assert {"conv forward", "conv input gradient", "conv weight gradient"} <= kinds
+    text = 'metadata={op_name="jit(_train_step)/transpose(jvp(UNet))/up_0_res_1/conv_0/conv_general_dilated"}'
+    assert step_profile.layer_of(text) == "up_res/conv"
