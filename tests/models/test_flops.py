@@ -72,26 +72,31 @@ TINY_CASES = [
 
 @pytest.mark.parametrize("name, config, frames", TINY_CASES, ids=[case[0] for case in TINY_CASES])
 def test_forward_count_agrees_with_xla(name, config, frames):
-    """Within 6% of XLA's count of the whole forward pass (counting taps inside the input, as XLA does);
-    XLA's extra is elementwise work (norms, SiLU, softmax, biases, residuals) and, for the SSR, the bilinear
-    resize of the low-res input."""
+    """XLA's count of the whole forward pass lies between our count of taps inside the input (XLA's way for
+    lax convolutions) and 6% over our count with border taps (FrameConv's temporal convolutions multiply their
+    zero border frames in one matmul); the rest is elementwise work (norms, SiLU, softmax, biases, residuals)
+    and, for the SSR, the bilinear resize of the low-res input."""
     config = dataclasses.replace(config, remat="none", dtype="float32")
     inputs = example_inputs(config, batch_size=2, video=frames is not None)
     variables = jax.eval_shape(lambda: UNet(config).init(jax.random.key(0), **inputs))
     xla = _xla_flops(lambda v, i: UNet(config).apply(v, **i), variables, inputs)
     analytic = flops_lib.model_flops(config, 2, frames, padding_taps=False).forward
-    assert analytic < flops_lib.model_flops(config, 2, frames).forward
-    assert analytic <= xla <= 1.06 * analytic, (name, analytic, xla)
+    with_border_taps = flops_lib.model_flops(config, 2, frames).forward
+    assert analytic < with_border_taps
+    assert analytic <= xla <= 1.06 * with_border_taps, (name, analytic, xla, with_border_taps)
 
 
 def test_frozen_spatial_training_count_agrees_with_xla():
     """STUNet stage: gradients of the temporal parameters only. XLA's program (autodiff prunes the weight
-    gradients of frozen layers and the input gradients nothing upstream needs) is within 6% of our count
-    (the comparison of benchmarks/model_flops.py, on the tiny preset)."""
+    gradients of frozen layers and the input gradients nothing upstream needs) lies between our count without
+    and with border taps (the comparison of benchmarks/model_flops.py, on the tiny preset)."""
     config = dataclasses.replace(model_config.stunet_config("tiny"), remat="none", dtype="float32")
     xla, _ = model_flops_benchmark.compare("tiny", batch_size=2)["train"]
     count = flops_lib.model_flops(config, 2, 8, trained=param_paths.is_temporal, padding_taps=False)
     assert count.forward < count.train < 3 * count.forward  # frozen layers are not 3x
-    assert count.train <= xla <= 1.06 * count.train, (count.train, xla)
+    # XLA counts the spatial convolutions' taps inside the input, but the temporal convolutions' border taps
+    # too: FrameConv multiplies zero frames as part of its one matmul (models/temporal.py).
+    with_border_taps = flops_lib.model_flops(config, 2, 8, trained=param_paths.is_temporal, padding_taps=True)
+    assert count.train <= xla <= 1.01 * with_border_taps.train, (count.train, xla, with_border_taps.train)
     everything = flops_lib.model_flops(config, 2, 8, padding_taps=False)
     assert count.train < everything.train
