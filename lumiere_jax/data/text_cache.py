@@ -130,12 +130,14 @@ def check_manifest(manifest: dict, expected: EncoderIdentity, directory: str) ->
 
 
 def load_text_encoder(
-    text_encoder: str, t5_dir: str | None, t5_param_dtype: str, train_seed: int,
+    text_encoder: str, t5_dir: str | None, t5_param_dtype: str | None, train_seed: int,
 ) -> tuple[t5.TextEncoder, t5.Params]:
     """The encoder and parameters the trainer uses (stages/text.py): Hugging Face weights from `t5_dir` (through
-    `pretrained_text_encoder`), or the random init `train.loop.train` draws for `train_seed`."""
+    `pretrained_text_encoder`, in `t5_param_dtype`; None: the dtype gin binds for the trainer,
+    `pretrained_text_encoder.param_dtype`), or the random init `train.loop.train` draws for `train_seed`."""
     encoder = t5.TextEncoder(t5.get_config(text_encoder))
-    params_fn = factory.pretrained_text_encoder(t5_dir, param_dtype=t5_param_dtype) if t5_dir else None
+    dtype = {} if t5_param_dtype is None else {"param_dtype": t5_param_dtype}
+    params_fn = factory.pretrained_text_encoder(t5_dir, **dtype) if t5_dir else None
     params = text_lib.frozen_text_encoder_params(encoder, params_fn, train_seed)
     return encoder, jax.device_put(params)  # on the device once, not on every encode call
 
@@ -336,7 +338,7 @@ def build_text_cache(
     text_length: int = gin.REQUIRED,
     splits: Sequence[str] = ("train", "validation"),
     t5_dir: str | None = None,
-    t5_param_dtype: str = "bfloat16",
+    t5_param_dtype: str | None = None,
     train_seed: int = 0,
     batch_size: int = 64,
     num_shards: int = 64,
@@ -344,8 +346,9 @@ def build_text_cache(
 ) -> list[dict]:
     """Caches `splits` of a task (or of every task of a mixture) into `output_dir`; returns the manifests.
 
-    The encoder is the trainer's: preset `text_encoder` with weights from `t5_dir` (loaded in `t5_param_dtype`,
-    as `pretrained_text_encoder`), or when None the random init of a run with `train.seed = train_seed`.
+    The encoder is the trainer's: preset `text_encoder` with weights from `t5_dir` (loaded in `t5_param_dtype`;
+    None: in the run files' `pretrained_text_encoder.param_dtype`, so the cache holds what the trainer would
+    encode), or when None the random init of a run with `train.seed = train_seed`.
     `synthetic_motion` registers the embedded tasks first, as for `seqio_iterator` (the same gin bindings:
     `SyntheticMotionConfig.data_dir`, ...); None: the task is registered elsewhere.
     Each split is dealt round-robin into `num_shards` files (fewer if it has fewer examples): give at least

@@ -269,3 +269,17 @@ def test_cache_built_on_gcs_reads_back_like_the_local_one(cache_dir, synthetic_d
     assert len(mirrors) == 1  # the split, downloaded once
     assert sorted(os.listdir(tmp_path / "tmp" / "lumiere_mirrors" / mirrors[0])) == sorted(local_files)
     assert not os.path.exists(tmp_path / "gs:")
+
+
+def test_pretrained_encoder_is_loaded_in_the_dtype_the_run_files_give_the_trainer():
+    def loaded_dtypes(bound: str, given: str | None):
+        try:
+            gin.parse_config(f"import lumiere_jax.stages.factory\npretrained_text_encoder.param_dtype = '{bound}'")
+            _, params = text_cache.load_text_encoder("tiny_words", "caption_t5_tiny", given, train_seed=0)
+        finally:
+            gin.clear_config()
+        return {str(leaf.dtype) for leaf in jax.tree.leaves(params)}
+
+    assert loaded_dtypes("bfloat16", None) == {"bfloat16"}  # runs/common.gin
+    assert loaded_dtypes("float32", None) == {"float32"}  # runs/cpu_tiny.gin
+    assert loaded_dtypes("float32", "bfloat16") == {"bfloat16"}  # an explicit build_text_cache.t5_param_dtype
