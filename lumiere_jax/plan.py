@@ -240,6 +240,13 @@ def compile_plan(args, devices: list) -> dict:
     return result
 
 
+def window_chunks(result: dict) -> int:
+    """Trips of the SSR's loop over window chunks (`multidiffusion.map_window_chunks`) in a planned step; 1 for
+    steps without that loop or with all windows in one call."""
+    windows, per_call = result.get("windows"), result.get("windows_per_call")
+    return -(-windows // per_call) if windows and per_call else 1
+
+
 def report_lines(result: dict, chips: chips_lib.ChipSpecs, hbm_gib: float | None) -> tuple[list[str], bool | None]:
     """The plan as printed (settings, then the estimate or the refusal) and whether the step fits (None:
     the chip's HBM is unknown)."""
@@ -253,13 +260,17 @@ def report_lines(result: dict, chips: chips_lib.ChipSpecs, hbm_gib: float | None
     from lumiere_jax.train import estimate as estimate_lib  # noqa: PLC0415
     hbm = hbm_gib * chips_lib.GIB if hbm_gib is not None else chips.hbm(result["device_kind"])
     peak, source = chips.peak(result["device_kind"])
+    cost, trips = compiled_lib.CompiledCost(**result["cost"]), window_chunks(result)
+    if trips > 1:
+        # XLA's cost analysis and the TPU cost model count a loop body once: the step runs it `trips` times.
+        lines.append(f"XLA's FLOPs and the cost-model time below are the loop body's (one chunk of "
+                     f"{result['windows_per_call']} window(s)) x {trips} chunks; memory is the compiler's own")
+        cost = dataclasses.replace(cost, flops=cost.flops * trips, bytes_accessed=cost.bytes_accessed * trips,
+                                   optimal_seconds=cost.optimal_seconds and cost.optimal_seconds * trips)
     estimate = estimate_lib.StepEstimate(
-        result["device_kind"], result["num_chips"], result["examples"], compiled_lib.CompiledCost(**result["cost"]),
+        result["device_kind"], result["num_chips"], result["examples"], cost,
         result["model_flops"] / result["num_chips"], peak, source, hbm, chips.headroom)
     lines += estimate.lines()
-    if result.get("windows_per_call") not in (None, result.get("windows")):
-        lines.append("XLA's cost analysis counts the body of the loop over window chunks once: its FLOPs are one "
-                     "chunk's (plus fusion); the analytic model FLOPs cover all windows")
     rate, seconds = result.get("matmul_flops_per_second"), estimate.cost.optimal_seconds
     if rate and seconds:
         lines.append(f"cost-model efficiency: model FLOPs / (step time x {MATMUL_SIZE}^3 bf16 matmul rate "

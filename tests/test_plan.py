@@ -92,3 +92,28 @@ def test_out_of_memory_wordings_parse(text, what, needed, available):
     assert refusal.needed_bytes == pytest.approx(needed * 2 ** 30)
     assert refusal.available_bytes == pytest.approx(available * 2 ** 30)
     assert compiled_lib.parse_out_of_memory(RuntimeError("INVALID_ARGUMENT: shapes differ")) is None
+
+
+def _ssr_plan(tmp_path, capsys, windows_per_call: str) -> tuple[dict, str]:
+    path = tmp_path / f"ssr_{windows_per_call}.json"
+    status = plan_lib.main(["--stage", "sample_ssr", "--topology", "cpu:1", "--frames", "8", "--hbm_gib", "100",
+                            "--cache_dir", str(tmp_path / "cache"), "--json", str(path),
+                            "--gin.MODEL_SIZE='tiny'", "--gin.TEXT_ENCODER='tiny'", "--gin.TEXT_LENGTH=8",
+                            f"--gin.SamplingConfig.ssr_windows_per_call={windows_per_call}"])
+    assert status == 0
+    return json.loads(path.read_text()), capsys.readouterr().out
+
+
+def test_ssr_window_chunks_are_counted_once_per_trip(tmp_path, capsys):
+    # Tiny SSR: windows of 4 frames at stride 2 over 8 frames = 3 windows.
+    chunked, chunked_out = _ssr_plan(tmp_path, capsys, "1")
+    whole, whole_out = _ssr_plan(tmp_path, capsys, "None")
+    assert chunked["windows"] == whole["windows"] == 3 and plan_lib.window_chunks(chunked) == 3
+    assert plan_lib.window_chunks(whole) == 1 and "chunks" not in whole_out
+    # XLA counts the loop body once: the raw count is about a third of the all-at-once step's ...
+    assert 0.25 < chunked["cost"]["flops"] / whole["cost"]["flops"] < 0.45
+    # ... and the report scales it back by the trips.
+    reported = float(chunked_out.split("FLOPs per chip: XLA ")[1].split(" TFLOP")[0])
+    assert "x 3 chunks" in chunked_out
+    assert reported == pytest.approx(3 * chunked["cost"]["flops"] / 1e12, abs=5e-4)  # printed to 3 decimals
+    assert 0.9 < 3 * chunked["cost"]["flops"] / whole["cost"]["flops"] < 1.15

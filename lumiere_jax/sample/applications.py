@@ -62,6 +62,9 @@ class SamplingConfig:
         at once. Default 1 (our choice): the least memory (one 16x1024x1024 window and its guidance twin per
         clip at paper scale), no padded windows for any window count, and a call is already large enough to
         keep an accelerator busy; larger values only trade memory for fewer, larger model calls.
+      ssr_guidance_sequential: run the SSR's conditional and unconditional passes one after the other instead
+        of as one doubled batch: half the activation memory per call, same result (the paper SSR's 16-frame
+        1024x1024 windows need it on 32 GiB chips even with the clip split 4 ways, BENCHMARKS.md 11c).
       ssr_noise_aug_t: noise conditioning augmentation level of the low-res input, as a time of the
         augmentation's own schedule (plain cosine, `diffusion.augmentation`), as in training.
     """
@@ -78,6 +81,7 @@ class SamplingConfig:
     ssr_window_length: int | None = None
     ssr_window_stride: int | None = None
     ssr_windows_per_call: int | None = 1
+    ssr_guidance_sequential: bool = False
     ssr_noise_aug_t: float = 0.0
     time_spacing: str | None = None
     negative_prompt: str = ""
@@ -175,13 +179,14 @@ class TextGuidance:
                               for field in dataclasses.fields(self)))
 
     def denoiser(self, model_fn: guidance.ModelFn, shared: dict[str, Any], parameterization: str,
-                 rank: int) -> samplers.Denoiser:
-        """Guided, unthresholded `denoise_fn` of `model_fn(z, logsnr, cond)`; `shared` goes to both halves."""
+                 rank: int, sequential: bool = False) -> samplers.Denoiser:
+        """Guided, unthresholded `denoise_fn` of `model_fn(z, logsnr, cond)`; `shared` goes to both halves
+        (`sequential`: the two halves one after the other, `guidance.guided_denoiser`)."""
         cond = {"text_embeddings": self.embeddings, "text_mask": self.mask, **shared}
         null_cond = {"text_embeddings": self.negative_embeddings, "text_mask": self.negative_mask, **shared}
         return guidance.guided_denoiser(model_fn, cond, null_cond, per_row_weight(self.weight, rank),
                                         parameterization, threshold_percentile=None, rescale=self.rescale,
-                                        logsnr_interval=self.logsnr_interval)
+                                        logsnr_interval=self.logsnr_interval, sequential=sequential)
 
 
 def text_guidance(stage: Stage, batch: dict[str, jax.Array], prefix: str, weight: jax.Array, rescale: jax.Array,

@@ -83,7 +83,7 @@ def test_ssr_augmentation_level_is_on_the_plain_cosine_schedule(monkeypatch):
     np.testing.assert_allclose(seen["aug_logsnr"], float(schedules.logsnr_cosine(np.float32(0.3))), atol=1e-5)
 
 
-def _ssr_denoise_and_memory(windows_per_call):
+def _ssr_denoise_and_memory(windows_per_call, sequential=False):
     """The tiny SSR's guided, fused x0 on a 5-frame clip of 4 windows, and the compiled step's temp bytes."""
     adapter = make_adapter("ssr", ssr_config())
     stage = applications.Stage(adapter, random_params(adapter, 5, scale=1.0), None)
@@ -95,7 +95,8 @@ def _ssr_denoise_and_memory(windows_per_call):
         jnp.zeros((2, 8), bool), weight=jnp.full((2,), WEIGHT), rescale=jnp.zeros(2),
         logsnr_interval=jnp.tile(jnp.array([-99.0, 99.0]), (2, 1)))
     config = applications.SamplingConfig(threshold_percentile=None, ssr_window_length=2, ssr_window_stride=1,
-                                         ssr_windows_per_call=windows_per_call)
+                                         ssr_windows_per_call=windows_per_call,
+                                         ssr_guidance_sequential=sequential)
     denoise_fn = jax.jit(ssr_stage.ssr_denoiser(stage, low_res, text, jnp.array([3.0, 3.0]), config))
     logsnr = jnp.array([-1.0, 0.5])
     temp_bytes = denoise_fn.lower(z, logsnr).compile().memory_analysis().temp_size_in_bytes
@@ -111,3 +112,12 @@ def test_ssr_window_chunks_leave_the_fused_result_and_bound_memory():
         chunked, memory[windows_per_call] = _ssr_denoise_and_memory(windows_per_call)
         np.testing.assert_allclose(chunked, everything, rtol=1e-5, atol=1e-5)
     assert memory[1] < memory[2] < memory_all, (memory, memory_all)
+
+
+def test_sequential_guidance_halves_are_the_doubled_batch():
+    """The conditional and unconditional passes one after the other give the doubled batch's result with less
+    memory (all windows in one call, so the guidance batch is the largest array)."""
+    batched, memory_batched = _ssr_denoise_and_memory(None)
+    sequential, memory_sequential = _ssr_denoise_and_memory(None, sequential=True)
+    np.testing.assert_allclose(sequential, batched, rtol=1e-5, atol=1e-5)
+    assert memory_sequential < 0.8 * memory_batched, (memory_sequential, memory_batched)
