@@ -25,8 +25,8 @@ through libtpu, which is not a runtime requirement of the package. Install it on
 
 libtpu allows one process at a time. "cpu:N" compiles for N CPU devices (fake ones with
 XLA_FLAGS=--xla_force_host_platform_device_count=N). A paper-size compile takes 10-20 CPU-minutes, so results
-are cached by a hash of the stage, topology, clip count and the whole gin configuration (`--cache_dir`,
-default ~/.cache/lumiere_jax/plan; `--refresh` recompiles).
+are cached by a hash of the stage, topology, clip count, the whole gin configuration and the package's sources
+(`--cache_dir`, default ~/.cache/lumiere_jax/plan; `--refresh` recompiles).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import pathlib
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -112,10 +113,18 @@ def setting(selector: str, default: Any = None) -> Any:
     return _resolved()
 
 
+def source_digest() -> str:
+    """Hash of the package's Python sources: a cached plan is stale once the code it compiled changes."""
+    digest = hashlib.sha256()
+    for path in sorted(pathlib.Path(__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def config_key(args, device_kind: str) -> str:
-    """Hash of everything the compiled step depends on."""
+    """Hash of everything the compiled step depends on: settings, gin configuration, jax and our code."""
     fields = [args.stage, args.topology, device_kind, str(args.clips_per_shard), str(args.frames),
-              jax.__version__, gin.config_str()]
+              jax.__version__, gin.config_str(), source_digest()]
     return hashlib.sha256("\n".join(fields).encode()).hexdigest()[:20]
 
 

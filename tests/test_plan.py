@@ -53,6 +53,10 @@ def test_fit_and_no_fit_from_one_compile_then_the_cache(tmp_path, capsys, monkey
     # Another configuration is another key: it would compile.
     with pytest.raises(AssertionError, match="cached result should have been read"):
         _plan(tmp_path, "--clips_per_shard", "2")
+    # So is the same configuration once our code has changed.
+    monkeypatch.setattr(plan_lib, "source_digest", lambda: "edited")
+    with pytest.raises(AssertionError, match="cached result should have been read"):
+        _plan(tmp_path, "--hbm_gib", "100")
 
 
 def test_a_compile_refused_for_memory_is_a_result_not_a_traceback(tmp_path, capsys, monkeypatch):
