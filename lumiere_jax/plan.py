@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from lumiere_jax import gin_cli, storage
+from lumiere_jax.diffusion import multidiffusion
 from lumiere_jax.parallel import chips as chips_lib
 from lumiere_jax.parallel import compiled as compiled_lib
 from lumiere_jax.parallel import mesh as mesh_lib
@@ -252,8 +253,9 @@ def compile_plan(args, devices: list) -> dict:
 def window_chunks(result: dict) -> int:
     """Trips of the SSR's loop over window chunks (`multidiffusion.map_window_chunks`) in a planned step; 1 for
     steps without that loop or with all windows in one call."""
-    windows, per_call = result.get("windows"), result.get("windows_per_call")
-    return -(-windows // per_call) if windows and per_call else 1
+    if not result.get("windows"):
+        return 1
+    return multidiffusion.num_window_chunks(result["windows"], result.get("windows_per_call"))
 
 
 def report_lines(result: dict, chips: chips_lib.ChipSpecs, hbm_gib: float | None) -> tuple[list[str], bool | None]:

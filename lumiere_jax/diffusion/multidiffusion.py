@@ -86,6 +86,13 @@ def repeat_for_windows(per_clip: jax.Array, num_windows: int) -> jax.Array:
     return jnp.repeat(per_clip, num_windows, axis=0)
 
 
+def num_window_chunks(num_windows: int, windows_per_call: int | None) -> int:
+    """Model calls `map_window_chunks` makes for `num_windows` windows, `windows_per_call` at a time (None: one)."""
+    if windows_per_call is None or windows_per_call >= num_windows:
+        return 1
+    return -(-num_windows // windows_per_call)
+
+
 def map_window_chunks(fn: Callable[..., Any], num_windows: int, windows_per_call: int | None,
                       *window_inputs: Any) -> Any:
     """`fn(*window_inputs)` computed a few windows at a time, so only that many windows' activations are live.
@@ -101,7 +108,7 @@ def map_window_chunks(fn: Callable[..., Any], num_windows: int, windows_per_call
         return fn(*window_inputs)
     if windows_per_call < 1:
         raise ValueError(f"windows_per_call={windows_per_call} must be at least 1 (or None for all windows)")
-    num_chunks = -(-num_windows // windows_per_call)
+    num_chunks = num_window_chunks(num_windows, windows_per_call)
     padded = num_chunks * windows_per_call
 
     def to_chunks(leaf: jax.Array) -> jax.Array:  # [B * N, ...] -> [chunks, B * windows_per_call, ...]

@@ -63,8 +63,8 @@ class SamplingConfig:
         clip at paper scale), no padded windows for any window count, and a call is already large enough to
         keep an accelerator busy; larger values only trade memory for fewer, larger model calls.
       ssr_guidance_sequential: run the SSR's conditional and unconditional passes one after the other instead
-        of as one doubled batch: half the activation memory per call, same result (the paper SSR's 16-frame
-        1024x1024 windows need it on 32 GiB chips even with the clip split 4 ways, BENCHMARKS.md 11c).
+        of as one doubled batch: about half the activation memory per call, same result (the paper SSR split
+        over a v6e-4 peaks at 28.19 GiB per chip without it, above 0.85 x HBM; BENCHMARKS.md 11c).
       ssr_noise_aug_t: noise conditioning augmentation level of the low-res input, as a time of the
         augmentation's own schedule (plain cosine, `diffusion.augmentation`), as in training.
     """
