@@ -12,9 +12,10 @@ The presets below are the one source of the shipped sizes: run files pick one by
 with `UNetConfig.*` (and `TemporalConfig.*`) bindings, or as preset fields changed by `unet_adapter.overrides`.
 
 Rematerialisation (`remat`, models/remat.py): "full" for the paper presets, "none" for tiny and small. "full"
-keeps the least memory at the FLOPs of the per-block remat measured for the paper STUNet (BENCHMARKS.md 4b: every
-op recomputed once), and the paper STUNet needs memory first; the small preset fits one accelerator without
-remat. A per-preset choice from TPU measurements of every policy is still to come.
+keeps the least memory, and the paper STUNet needs memory first on the 16 and 32 GiB chips (a clip split over a
+v6e-4 peaks at 20.36 GiB per chip with it, BENCHMARKS.md 11c); on v5p, "save_dots" fits one clip per chip
+(56.69 GiB) at 1.0006x the no-remat FLOPs, so v5p runs should pass `unet_adapter.remat = 'save_dots'`. The small
+preset fits one accelerator without remat.
 
 Preset sizes (our choice; the paper gives no architecture numbers beyond "Imagen base, 128x128, 80 frames"):
   tiny:  CPU tests, 32x32, base 32 channels, 2 down-samplings.
