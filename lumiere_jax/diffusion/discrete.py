@@ -9,7 +9,8 @@ conditioned on the integer timestep t, not on log-SNR.
 How it maps onto ours (our choice): every IF timestep is a log-SNR, `logsnr_t = log(alphas_cumprod[t] /
 (1 - alphas_cumprod[t]))`, so a discrete step t -> s is our ancestral step between those two log-SNRs: its mean
 is `samplers.posterior_mean` with `x0_hat` from eps, and only its variance differs, interpolated in log space
-between the posterior variance and `beta_ts = 1 - alpha_t^2 / alpha_s^2` (Improved DDPM):
+between the posterior variance and `beta_ts = 1 - alpha_t^2 / alpha_s^2` (Improved DDPM; `samplers.ddpm_step`
+with the variance channels, which the sampling job uses through `samplers.LearnedVariance`):
     log var = (v + 1) / 2 * log(beta_ts) + (1 - v) / 2 * log(posterior_variance)
 The inflated IF model keeps IF's parameterisation (eps + learned range, timestep conditioning): its frozen
 spatial layers were trained on it, and the temporal layers start as identities, so any other target or
@@ -48,19 +49,6 @@ def leading_timesteps(num_steps: int, num_timesteps: int = schedules.IF_NUM_TIME
     return (np.arange(num_steps) * (num_timesteps // num_steps))[::-1].astype(np.int64)
 
 
-def learned_range_log_variance(variance_interpolation: jax.Array, logsnr_t: jax.Array,
-                               logsnr_s: jax.Array) -> jax.Array:
-    """Log variance of the step `logsnr_t -> logsnr_s`: `(v + 1)/2 log(beta_ts) + (1 - v)/2 log(posterior_variance)`
-    with `beta_ts = 1 - alpha_t^2 / alpha_s^2`. `variance_interpolation: [B, ...]`, `logsnr_*: [B]`."""
-    ndim = variance_interpolation.ndim
-    log_alpha_squared = jax.nn.log_sigmoid
-    beta = -jnp.expm1(log_alpha_squared(logsnr_t) - log_alpha_squared(logsnr_s))
-    min_log = jnp.log(jnp.maximum(samplers.posterior_variance(logsnr_t, logsnr_s), 1e-20))
-    frac = (variance_interpolation + 1) / 2
-    return (frac * param_lib.broadcast_to_rank(jnp.log(beta), ndim)
-            + (1 - frac) * param_lib.broadcast_to_rank(min_log, ndim))
-
-
 def x0_from_output(z: jax.Array, model_output: jax.Array, logsnr_t: jax.Array,
                    threshold: bool = True) -> jax.Array:
     """x0 implied by the eps channels of an IF output `[B, ..., 6]` at `z: [B, ..., 3]`, dynamically thresholded
@@ -74,9 +62,7 @@ def x0_from_output(z: jax.Array, model_output: jax.Array, logsnr_t: jax.Array,
 def learned_range_step(z: jax.Array, model_output: jax.Array, logsnr_t: jax.Array, logsnr_s: jax.Array,
                        noise: jax.Array, threshold: bool = True) -> jax.Array:
     """One IF ancestral step from `z: [B, ..., 3]` at `logsnr_t` to `logsnr_s` (+inf: the last step, no noise)
-    given the model's `[B, ..., 6]` output: posterior mean at the (thresholded) x0, plus the learned-range noise."""
+    given the model's `[B, ..., 6]` output: posterior mean at the (thresholded) x0, plus the learned-range noise
+    (`samplers.ddpm_step` with the variance channels)."""
     x0_hat = x0_from_output(z, model_output, logsnr_t, threshold)
-    mean = samplers.posterior_mean(z, x0_hat, logsnr_t, logsnr_s)
-    log_variance = learned_range_log_variance(model_output[..., 3:], logsnr_t, logsnr_s)
-    last = param_lib.broadcast_to_rank(jnp.isinf(logsnr_s), z.ndim)
-    return jnp.where(last, mean, mean + jnp.exp(0.5 * log_variance) * noise)
+    return samplers.ddpm_step(z, x0_hat, logsnr_t, logsnr_s, noise, model_output[..., 3:])

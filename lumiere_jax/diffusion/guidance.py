@@ -75,7 +75,7 @@ def thresholded(denoise_fn: samplers.Denoiser, percentile: float | None) -> samp
     """`denoise_fn` followed by dynamic thresholding of its whole x0 prediction (None: unchanged)."""
     if percentile is None:
         return denoise_fn
-    return lambda z, logsnr: dynamic_threshold(denoise_fn(z, logsnr), percentile)
+    return lambda z, logsnr: samplers.map_x0(lambda x0: dynamic_threshold(x0, percentile), denoise_fn(z, logsnr))
 
 
 def _concat_batch(first: Any, second: Any) -> Any:
@@ -92,6 +92,7 @@ def guided_denoiser(
     rescale: float | jax.Array = 0.0,
     logsnr_interval: jax.Array | None = None,
     sequential: bool = False,
+    learned_variance: bool = False,
 ) -> samplers.Denoiser:
     """Builds `denoise_fn(z, logsnr) -> x0_hat` from `model_fn(z, logsnr, cond) -> raw prediction`.
 
@@ -102,16 +103,27 @@ def guided_denoiser(
     predictions are guided (weight, optionally only inside `logsnr_interval: [B, 2]`), optionally rescaled
     (`rescale`: phi, float or `[B]`), converted to x0 and dynamically thresholded (skip with
     `threshold_percentile=None`). A Python `guidance_weight` of 1 without an interval skips the unconditional
-    half entirely; array weights (e.g. per row) always run both halves.
+    half entirely; array weights (e.g. per row) always run both halves. With `learned_variance` the model's
+    raw output is the prediction followed by as many variance-interpolation channels (IF): the prediction is
+    guided as above, the variance is the conditional half's (as IF's own pipeline does), and the result is a
+    `samplers.LearnedVariance`.
     """
     param_lib.check_parameterization(parameterization)
 
-    def threshold(x0_hat):
-        return x0_hat if threshold_percentile is None else dynamic_threshold(x0_hat, threshold_percentile)
+    def finish(prediction, variance_interpolation, z, logsnr):
+        x0_hat = param_lib.to_x0(prediction, z, logsnr, parameterization)
+        if threshold_percentile is not None:
+            x0_hat = dynamic_threshold(x0_hat, threshold_percentile)
+        if variance_interpolation is None:
+            return x0_hat
+        return samplers.LearnedVariance(x0_hat, variance_interpolation)
 
-    def denoise_fn(z: jax.Array, logsnr: jax.Array) -> jax.Array:
+    def split(raw):  # -> (prediction, variance interpolation or None)
+        return tuple(jnp.split(raw, 2, axis=-1)) if learned_variance else (raw, None)
+
+    def denoise_fn(z: jax.Array, logsnr: jax.Array) -> jax.Array | samplers.LearnedVariance:
         if isinstance(guidance_weight, (int, float)) and guidance_weight == 1.0:
-            return threshold(param_lib.to_x0(model_fn(z, logsnr, cond), z, logsnr, parameterization))
+            return finish(*split(model_fn(z, logsnr, cond)), z, logsnr)
         if sequential:
             both = jax.tree.map(lambda c, n: jnp.stack([c, n]), cond, null_cond)
             conditional, unconditional = jax.lax.map(lambda c: model_fn(z, logsnr, c), both)
@@ -120,10 +132,11 @@ def guided_denoiser(
             logsnr_both = jnp.concatenate([logsnr, logsnr], axis=0)
             prediction = model_fn(z_both, logsnr_both, _concat_batch(cond, null_cond))
             conditional, unconditional = jnp.split(prediction, 2, axis=0)
+        (conditional, variance_interpolation), (unconditional, _) = split(conditional), split(unconditional)
         weight = interval_weight(guidance_weight, logsnr, logsnr_interval, z.ndim)
         guided = classifier_free_guidance(conditional, unconditional, weight)
         if not (isinstance(rescale, (int, float)) and rescale == 0.0):
             guided = rescale_guidance(guided, conditional, rescale)
-        return threshold(param_lib.to_x0(guided, z, logsnr, parameterization))
+        return finish(guided, variance_interpolation, z, logsnr)
 
     return denoise_fn

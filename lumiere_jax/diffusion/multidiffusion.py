@@ -222,7 +222,8 @@ def multidiffusion_denoiser(
     def denoise_fn(z: jax.Array, logsnr: jax.Array) -> jax.Array:
         z_windows = crop_windows(z, starts, window_length)
         x0_windows = windowed_denoise_fn(z_windows, repeat_for_windows(logsnr, num_windows), condition_windows)
-        return fuse_windows(x0_windows, starts, z.shape[1], weights)
+        # A learned variance (samplers.LearnedVariance) is fused with the x0 predictions' weights.
+        return jax.tree.map(lambda windows: fuse_windows(windows, starts, z.shape[1], weights), x0_windows)
 
     return denoise_fn
 

@@ -14,10 +14,17 @@ update is the deterministic DDIM step applied to an extrapolated prediction:
 
 so it needs no extra denoiser call, keeps one previous prediction, and stays affine in the (fused) x0
 predictions. As for DDIM the output is the last call's x0 prediction.
+
+A denoiser of a model with a learned-range variance (Improved DDPM; DeepFloyd IF) returns `LearnedVariance(x0,
+variance_interpolation)` instead of the bare x0_hat: the ancestral sampler ("ddpm") then draws each step's noise
+with the model's variance, interpolated in log space between the posterior variance and `beta_ts`; the other
+samplers read the x0 alone. Wrappers that change x0 (thresholding, known-content replacement) use `map_x0`, and
+MultiDiffusion fuses both fields with the same weights.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -26,10 +33,31 @@ import jax.numpy as jnp
 from lumiere_jax.diffusion import parameterization as param_lib
 from lumiere_jax.diffusion import schedules
 
-Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
+Denoiser = Callable[[jax.Array, jax.Array], "jax.Array | LearnedVariance"]
 
 SAMPLERS: tuple[str, ...] = ("ddim", "ddpm", "dpmpp_2m")
 TIME_SPACINGS: tuple[str, ...] = ("uniform", "quadratic")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LearnedVariance:
+    """A denoiser's output for a model that also predicts its step variance (module doc)."""
+
+    x0: jax.Array  # [B, ..., C] x0_hat
+    variance_interpolation: jax.Array  # [B, ..., C] in [-1, 1]: -1 the posterior variance, +1 beta_ts
+
+
+def x0_of(output: jax.Array | LearnedVariance) -> jax.Array:
+    """The x0_hat of a denoiser's output."""
+    return output.x0 if isinstance(output, LearnedVariance) else output
+
+
+def map_x0(fn: Callable[[jax.Array], jax.Array], output: jax.Array | LearnedVariance) -> jax.Array | LearnedVariance:
+    """`fn` applied to the x0_hat of a denoiser's output; a learned variance passes through unchanged."""
+    if isinstance(output, LearnedVariance):
+        return LearnedVariance(fn(output.x0), output.variance_interpolation)
+    return fn(output)
 
 
 def posterior_variance(logsnr_t: jax.Array, logsnr_s: jax.Array) -> jax.Array:
@@ -75,19 +103,40 @@ def posterior_mean(z: jax.Array, x0_hat: jax.Array, logsnr_t: jax.Array, logsnr_
     return alpha_t / alpha_s * jnp.square(sigma_s) / jnp.square(sigma_t) * z + alpha_s * kept_fraction * x0_hat
 
 
+def learned_range_log_variance(variance_interpolation: jax.Array, logsnr_t: jax.Array,
+                               logsnr_s: jax.Array) -> jax.Array:
+    """Log variance of the step `logsnr_t -> logsnr_s` of a model with a learned range (Improved DDPM):
+    `(v + 1)/2 log(beta_ts) + (1 - v)/2 log(posterior_variance)`, `beta_ts = 1 - alpha_t^2 / alpha_s^2`.
+    `variance_interpolation: [B, ...]` (v), `logsnr_*: [B]`."""
+    ndim = variance_interpolation.ndim
+    beta = -jnp.expm1(jax.nn.log_sigmoid(logsnr_t) - jax.nn.log_sigmoid(logsnr_s))
+    min_log = jnp.log(jnp.maximum(posterior_variance(logsnr_t, logsnr_s), 1e-20))
+    frac = (variance_interpolation + 1) / 2
+    return (frac * param_lib.broadcast_to_rank(jnp.log(beta), ndim)
+            + (1 - frac) * param_lib.broadcast_to_rank(min_log, ndim))
+
+
 def ddpm_step(
     z: jax.Array,
     x0_hat: jax.Array,
     logsnr_t: jax.Array,
     logsnr_s: jax.Array,
     noise: jax.Array,
+    variance_interpolation: jax.Array | None = None,
 ) -> jax.Array:
     """One ancestral step: a sample of the Gaussian posterior `q(z_s | z_t, x0 = x0_hat)`.
 
-    Mean: `posterior_mean`; variance `posterior_variance = sigma_ts^2 sigma_s^2 / sigma_t^2`.
+    Mean: `posterior_mean`; variance `posterior_variance = sigma_ts^2 sigma_s^2 / sigma_t^2`, or with a model's
+    `variance_interpolation: [B, ...]` the learned-range variance (`learned_range_log_variance`); the step to
+    `logsnr_s = +inf` adds no noise.
     """
-    variance = param_lib.broadcast_to_rank(posterior_variance(logsnr_t, logsnr_s), z.ndim)
-    return posterior_mean(z, x0_hat, logsnr_t, logsnr_s) + jnp.sqrt(variance) * noise
+    mean = posterior_mean(z, x0_hat, logsnr_t, logsnr_s)
+    if variance_interpolation is None:
+        variance = param_lib.broadcast_to_rank(posterior_variance(logsnr_t, logsnr_s), z.ndim)
+        return mean + jnp.sqrt(variance) * noise
+    log_variance = learned_range_log_variance(variance_interpolation.astype(jnp.float32), logsnr_t, logsnr_s)
+    last = param_lib.broadcast_to_rank(jnp.isinf(jnp.asarray(logsnr_s)), z.ndim)
+    return jnp.where(last, mean, mean + jnp.exp(0.5 * log_variance) * noise)
 
 
 def multistep_weights(logsnrs: jax.Array) -> jax.Array:
@@ -159,7 +208,8 @@ def sample(
     with `losses.noisy_sample(video, eps, schedule(t_start))`. `keys: [B]` typed keys, one per row: row b's
     step noise comes from `keys[b]` only, so with a denoiser that treats rows independently a row's output
     does not depend on its batch-mates, the batch size or its position. The denoiser runs once per step
-    (`num_steps` calls); the last call's x0_hat is the output, optionally clipped to [-1, 1]. `eta` is used by
+    (`num_steps` calls); the last call's x0_hat is the output, optionally clipped to [-1, 1]. A denoiser may
+    return `LearnedVariance`: "ddpm" then steps with the model's variance. `eta` is used by
     "ddim" only; "dpmpp_2m" is deterministic and draws no step noise. `spacing`: the time grid (`time_grid`;
     None: `default_spacing(sampler)`). Step noise covers a row's whole `z` (MultiDiffusion relies on this: never
     per window).
@@ -174,14 +224,17 @@ def sample(
     def step(carry, inputs):
         z, x0_previous = carry
         index, logsnr_t, logsnr_s, multistep_weight = inputs
-        x0_hat = denoise_fn(z, jnp.full((batch_size,), logsnr_t, jnp.float32)).astype(z.dtype)
+        output = denoise_fn(z, jnp.full((batch_size,), logsnr_t, jnp.float32))
+        x0_hat = x0_of(output).astype(z.dtype)
         if sampler == "dpmpp_2m":
             extrapolated = x0_hat + multistep_weight * (x0_hat - x0_previous)
             z_next = ddim_step(z, extrapolated, logsnr_t, logsnr_s, 0.0, jnp.zeros_like(z))
         elif sampler == "ddim":
             z_next = ddim_step(z, x0_hat, logsnr_t, logsnr_s, eta, step_noise(keys, index, z.shape[1:], z.dtype))
         else:
-            z_next = ddpm_step(z, x0_hat, logsnr_t, logsnr_s, step_noise(keys, index, z.shape[1:], z.dtype))
+            variance_interpolation = output.variance_interpolation if isinstance(output, LearnedVariance) else None
+            z_next = ddpm_step(z, x0_hat, logsnr_t, logsnr_s, step_noise(keys, index, z.shape[1:], z.dtype),
+                               variance_interpolation)
         return (z_next.astype(z.dtype), x0_hat), None
 
     steps = (jnp.arange(num_steps), logsnrs[:-1], logsnrs[1:], multistep_weights(logsnrs))

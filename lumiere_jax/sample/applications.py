@@ -179,14 +179,16 @@ class TextGuidance:
                               for field in dataclasses.fields(self)))
 
     def denoiser(self, model_fn: guidance.ModelFn, shared: dict[str, Any], parameterization: str,
-                 rank: int, sequential: bool = False) -> samplers.Denoiser:
+                 rank: int, sequential: bool = False, learned_variance: bool = False) -> samplers.Denoiser:
         """Guided, unthresholded `denoise_fn` of `model_fn(z, logsnr, cond)`; `shared` goes to both halves
-        (`sequential`: the two halves one after the other, `guidance.guided_denoiser`)."""
+        (`sequential`: the two halves one after the other; `learned_variance`: the model also predicts its step
+        variance; both as in `guidance.guided_denoiser`)."""
         cond = {"text_embeddings": self.embeddings, "text_mask": self.mask, **shared}
         null_cond = {"text_embeddings": self.negative_embeddings, "text_mask": self.negative_mask, **shared}
         return guidance.guided_denoiser(model_fn, cond, null_cond, per_row_weight(self.weight, rank),
                                         parameterization, threshold_percentile=None, rescale=self.rescale,
-                                        logsnr_interval=self.logsnr_interval, sequential=sequential)
+                                        logsnr_interval=self.logsnr_interval, sequential=sequential,
+                                        learned_variance=learned_variance)
 
 
 def text_guidance(stage: Stage, batch: dict[str, jax.Array], prefix: str, weight: jax.Array, rescale: jax.Array,
@@ -209,6 +211,7 @@ def known_content_denoiser(denoise_fn: samplers.Denoiser, condition: jax.Array,
     """`replace_known`: x0_hat takes `condition: [B, T, H, W, 3]` wherever `condition_mask: [B, T, H, W, 1]` is 1."""
 
     def replace_known(z, logsnr):
-        return condition_mask * condition + (1.0 - condition_mask) * denoise_fn(z, logsnr)
+        return samplers.map_x0(lambda x0: condition_mask * condition + (1.0 - condition_mask) * x0,
+                               denoise_fn(z, logsnr))
 
     return replace_known

@@ -57,14 +57,15 @@ def base_denoiser(
 
     model_frames = adapter.sample_shape[0]
     if num_frames == model_frames:
-        denoise_fn = text.denoiser(model_fn, {"channel_condition": channel_condition}, adapter.parameterization, 5)
+        denoise_fn = text.denoiser(model_fn, {"channel_condition": channel_condition}, adapter.parameterization, 5,
+                                   learned_variance=adapter.learned_variance)
     else:
         starts = base_windows(model_frames, num_frames, config)
         window_text = text.repeat(len(starts))
 
         def windowed_denoise_fn(z_windows, logsnr_windows, condition_windows):
-            return window_text.denoiser(model_fn, {"channel_condition": condition_windows},
-                                        adapter.parameterization, 5)(z_windows, logsnr_windows)
+            return window_text.denoiser(model_fn, {"channel_condition": condition_windows}, adapter.parameterization,
+                                        5, learned_variance=adapter.learned_variance)(z_windows, logsnr_windows)
 
         weights = multidiffusion.window_weights(config.base_window_weights, len(starts), model_frames)
         denoise_fn = multidiffusion.multidiffusion_denoiser(windowed_denoise_fn, starts, model_frames, weights,

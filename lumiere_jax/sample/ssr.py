@@ -54,8 +54,8 @@ def ssr_denoiser(
 
     def denoise_windows(z_windows, logsnr_windows, low_res_windows, text_windows, aug_logsnr_windows):
         shared = {"low_res": low_res_windows, "noise_aug_logsnr": aug_logsnr_windows}
-        return text_windows.denoiser(model_fn, shared, adapter.parameterization, 5,
-                                     config.ssr_guidance_sequential)(z_windows, logsnr_windows)
+        return text_windows.denoiser(model_fn, shared, adapter.parameterization, 5, config.ssr_guidance_sequential,
+                                     adapter.learned_variance)(z_windows, logsnr_windows)
 
     def windowed_denoise_fn(z_windows, logsnr_windows, low_res_windows):
         return multidiffusion.map_window_chunks(denoise_windows, len(starts), config.ssr_windows_per_call,

@@ -68,6 +68,9 @@ class ModelAdapter:
       window_frames: video stages: frames of the random temporal window cut from longer clips (None: whole
         clip). For SSR this is T', the window the model runs on.
       parameterization: what the model predicts ("v", "eps" or "x0").
+      learned_variance: the model's raw output is the prediction followed by as many channels of a learned-range
+        variance interpolation in [-1, 1] (Improved DDPM; DeepFloyd IF). The training loss reads the prediction
+        (`prediction_part`; the variance channels are not trained); the ancestral sampler uses both.
     """
 
     name: str
@@ -80,6 +83,7 @@ class ModelAdapter:
     trainable_mask: Callable[[Params], Any] | None = None
     window_frames: int | None = None
     parameterization: str = "v"
+    learned_variance: bool = False
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -149,6 +153,10 @@ class ModelAdapter:
         variables = self.module.init(
             rng, model_input, logsnr, text_embeddings, text_mask, **self.low_res_kwargs(inputs, logsnr))
         return variables["params"]
+
+    def prediction_part(self, raw: jax.Array) -> jax.Array:
+        """The prediction channels of a raw model output (without a learned variance's)."""
+        return raw[..., :raw.shape[-1] // 2] if self.learned_variance else raw
 
     def model_input(self, z: jax.Array, inputs: ModelInputs) -> jax.Array:
         """The model's x: the noisy sample, with <C, M> appended on channels for conditional generation."""

@@ -5,8 +5,9 @@ Our choice of parameterisation (diffusion/discrete.py says why): the inflated IF
 `IFDenoiser` takes our call (`x, logsnr, text_embeddings, text_mask, low_res, noise_aug_logsnr, train`), turns
 the log-SNRs into IF's (fractional) timesteps on IF's squared-cosine table, and returns the eps channels, so the
 trainer's eps-loss and our samplers work unchanged under the "if_squared_cosine" schedule (`DiffusionConfig`).
-The learned-variance channels are frozen IF output and untrained by the eps-loss; `discrete.learned_range_step`
-samples with them.
+The model returns IF's whole output, eps and the learned-range variance interpolation (`ModelAdapter.
+learned_variance`): the trainer's eps-loss reads the eps channels, so the variance channels stay as imported,
+and the sampling job's ancestral sampler ("ddpm", sample/if.gin) steps with them (`samplers.LearnedVariance`).
 
 Two commands from a downloaded IF directory to a trained STUNet (README):
   python -m lumiere_jax.stages.if_stage --if_dir=IF-I-XL-v1.0 --output_dir=$RUNS/if_i_xl
@@ -36,7 +37,8 @@ IMPORTED_STEP = 0
 
 
 class IFDenoiser(IFUNet):
-    """`IFUNet` under our model call (docs/ARCHITECTURE.md): log-SNR in, eps out `[B, (T,) H, W, 3]`.
+    """`IFUNet` under our model call (docs/ARCHITECTURE.md): log-SNR in; out `[B, (T,) H, W, 6]`, eps and the
+    learned-range variance interpolation (IF's `out_channels`; 3 for a model without a learned variance).
 
     A subclass, not a wrapper, so that parameter paths stay those of `IFUNet` (and of the imported checkpoint).
     """
@@ -47,8 +49,7 @@ class IFDenoiser(IFUNet):
         noise_level = None
         if noise_aug_logsnr is not None:
             noise_level = discrete.timestep_from_logsnr(noise_aug_logsnr, alphas_cumprod)
-        output = super().__call__(x, timesteps, text_embeddings, text_mask, low_res, noise_level, train)
-        return output[..., :3]
+        return super().__call__(x, timesteps, text_embeddings, text_mask, low_res, noise_level, train)
 
 
 @gin.configurable
@@ -81,7 +82,8 @@ def if_adapter(
         name=f"if_{stage}", module=IFDenoiser(config), stage=IF_STAGES[stage], text_encoder=text_encoder,
         sample_shape=sample_shape, low_res_size=config.low_res_size, text_length=text_length,
         trainable_mask=pattern_mask(trainable_patterns) if trainable_patterns is not None else None,
-        window_frames=temporal.num_frames, parameterization="eps")
+        window_frames=temporal.num_frames, parameterization="eps",
+        learned_variance=config.out_channels == 6)
 
 
 def import_if_checkpoint(if_dir: str, output_dir: str, param_dtype: str = "float32") -> str:

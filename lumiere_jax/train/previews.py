@@ -52,7 +52,8 @@ def generate(
         return adapter.apply(params, z, logsnr, c["inputs"], c["text_embeddings"], c["text_mask"],
                              c["noise_aug_logsnr"], train=False)
 
-    denoise_fn = guidance.guided_denoiser(model_fn, cond, null_cond, guidance_weight, adapter.parameterization)
+    denoise_fn = guidance.guided_denoiser(model_fn, cond, null_cond, guidance_weight, adapter.parameterization,
+                                          learned_variance=adapter.learned_variance)
     z_init = jax.random.normal(noise_rng, inputs.x0.shape, jnp.float32)
     row_keys = samplers.keys_per_row(sample_rng, z_init.shape[0])
     return samplers.sample(denoise_fn, row_keys, z_init, schedule, num_steps, clip_output=True)

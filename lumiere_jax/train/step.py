@@ -62,7 +62,7 @@ def per_example_losses(
     # Rematerialisation is the model's own (`UNetConfig.remat`, per block unit).
     prediction = adapter.apply(params, z, logsnr, inputs, text_embeddings, text_mask, noise_aug_logsnr,
                                train=train, dropout_rng=dropout_rng if train else None)
-    return losses.per_example_loss(prediction, x0, eps, logsnr, adapter.parameterization)
+    return losses.per_example_loss(adapter.prediction_part(prediction), x0, eps, logsnr, adapter.parameterization)
 
 
 def all_finite(tree: Any) -> jax.Array:

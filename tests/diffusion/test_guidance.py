@@ -172,3 +172,27 @@ def test_negative_condition_replaces_the_unconditional_branch():
     denoise = guidance.guided_denoiser(_toy_model, {"scale": jnp.asarray(scale)}, {"scale": jnp.asarray(negative)},
                                        3.0, "v", None)
     np.testing.assert_allclose(denoise(jnp.asarray(z), jnp.asarray(logsnr)), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_learned_variance_is_the_conditional_halfs_and_is_not_thresholded():
+    """Raw outputs [eps, v]: eps is guided and converted to x0, then thresholded; v is the conditional's."""
+    rng = np.random.default_rng(4)
+    z = jnp.asarray(rng.standard_normal((2, 4, 4, 3)), jnp.float32)
+    logsnr = jnp.array([-1.0, 2.0])
+    raw = {name: jnp.asarray(rng.uniform(-3, 3, (2, 4, 4, 6)), jnp.float32) for name in ("cond", "null")}
+
+    def model_fn(z, logsnr, c):  # c: 1 for the conditional rows; the guided batch is [cond rows, null rows]
+        tiled = {name: jnp.tile(value, (len(c) // 2, 1, 1, 1)) for name, value in raw.items()}
+        return jnp.where(c[:, None, None, None] > 0.5, tiled["cond"], tiled["null"])
+
+    output = guidance.guided_denoiser(model_fn, jnp.ones((2,)), jnp.zeros((2,)), 3.0, "eps",
+                                      threshold_percentile=90.0, learned_variance=True)(z, logsnr)
+    eps = raw["null"][..., :3] + 3.0 * (raw["cond"][..., :3] - raw["null"][..., :3])
+    alpha, sigma = (np.sqrt(1 / (1 + np.exp(sign * np.asarray(logsnr))))[:, None, None, None] for sign in (-1, 1))
+    x0 = (np.asarray(z) - sigma * np.asarray(eps)) / alpha
+    scale = np.maximum(np.percentile(np.abs(x0).reshape(2, -1), 90.0, axis=1), 1.0)[:, None, None, None]
+    np.testing.assert_allclose(output.x0, np.clip(x0, -scale, scale) / scale, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(output.variance_interpolation, raw["cond"][..., 3:])
+    thresholded = guidance.thresholded(lambda z, logsnr: output, 50.0)(z, logsnr)
+    np.testing.assert_array_equal(thresholded.variance_interpolation, raw["cond"][..., 3:])
+    assert float(jnp.max(jnp.abs(thresholded.x0))) <= 1.0 + 1e-6

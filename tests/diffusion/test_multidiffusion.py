@@ -215,3 +215,23 @@ def test_window_chunks_reject_a_bad_layout_and_size():
         multidiffusion.map_window_chunks(lambda rows: rows, 3, 1, z)
     with pytest.raises(ValueError, match="at least 1"):
         multidiffusion.map_window_chunks(lambda rows: rows, 7, 0, z)
+
+
+def test_a_learned_variance_is_fused_with_the_x0_predictions():
+    """Windows 0-3 and 2-5 of a 6-frame clip; each window predicts its own constant x0 (1, 3) and variance
+    interpolation (-0.5, 0.5): frames 2-3 average both, the others keep their window's values."""
+    starts, window_length = (0, 2), 4
+
+    def windowed_denoise_fn(z_windows, logsnr_windows, condition_windows):
+        del logsnr_windows, condition_windows
+        window = jnp.arange(z_windows.shape[0]) % len(starts)  # batch-major: row b * N + i is window i
+        shape = (-1,) + (1,) * (z_windows.ndim - 1)
+        return samplers.LearnedVariance(jnp.ones_like(z_windows) * (1.0 + 2.0 * window).reshape(shape),
+                                        jnp.ones_like(z_windows) * (window - 0.5).reshape(shape))
+
+    denoise_fn = multidiffusion.multidiffusion_denoiser(windowed_denoise_fn, starts, window_length)
+    fused = denoise_fn(jnp.zeros((2, 6, 2, 2, 3)), jnp.zeros((2,)))
+    assert isinstance(fused, samplers.LearnedVariance)
+    np.testing.assert_allclose(fused.x0[:, :, 0, 0, 0], np.tile([1, 1, 2, 2, 3, 3], (2, 1)), atol=1e-6)
+    np.testing.assert_allclose(fused.variance_interpolation[:, :, 0, 0, 0],
+                               np.tile([-0.5, -0.5, 0, 0, 0.5, 0.5], (2, 1)), atol=1e-6)
