@@ -71,11 +71,13 @@ def dynamic_threshold(x0: jax.Array, percentile: float = 99.5, max_scale: float 
     return jnp.clip(x0, -scale, scale) / scale
 
 
-def thresholded(denoise_fn: samplers.Denoiser, percentile: float | None) -> samplers.Denoiser:
-    """`denoise_fn` followed by dynamic thresholding of its whole x0 prediction (None: unchanged)."""
+def thresholded(denoise_fn: samplers.Denoiser, percentile: float | None,
+                max_scale: float | None = None) -> samplers.Denoiser:
+    """`denoise_fn` followed by dynamic thresholding of its whole x0 prediction (percentile None: unchanged)."""
     if percentile is None:
         return denoise_fn
-    return lambda z, logsnr: samplers.map_x0(lambda x0: dynamic_threshold(x0, percentile), denoise_fn(z, logsnr))
+    return lambda z, logsnr: samplers.map_x0(lambda x0: dynamic_threshold(x0, percentile, max_scale),
+                                             denoise_fn(z, logsnr))
 
 
 def _concat_batch(first: Any, second: Any) -> Any:

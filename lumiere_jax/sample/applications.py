@@ -49,6 +49,8 @@ class SamplingConfig:
         frames weighted by their distance from its ends, `multidiffusion.window_weights`; our option).
       context_frames: frames of the previous clip an "extend" row continues from (1 = the image-to-video task).
       threshold_percentile: dynamic thresholding percentile (Imagen: 99.5); None disables it.
+      threshold_max_scale: cap on dynamic thresholding's scale (IF's sampler: 1.5 with percentile 95, as
+        sample/if.gin sets); None: no cap (Imagen).
       sdedit_strength: SDEdit noise level t0 in (0, 1]: the input video is noised to t0, then denoised.
       replace_known: after every denoiser call, overwrite x0_hat with C where M = 1 (RePaint-style hard
         constraint, our option), in the base stage and, with C and M upsampled, in the SSR. Off by default: the
@@ -74,6 +76,7 @@ class SamplingConfig:
     sampler: str = "ddim"
     eta: float = 0.0
     threshold_percentile: float | None = 99.5
+    threshold_max_scale: float | None = None
     sdedit_strength: float = 0.6
     replace_known: bool = False
     ssr_num_steps: int = 32
@@ -105,6 +108,9 @@ class SamplingConfig:
         if self.ssr_windows_per_call is not None and self.ssr_windows_per_call < 1:
             raise ValueError(f"ssr_windows_per_call={self.ssr_windows_per_call} must be at least 1 (None: all "
                              "windows in one call)")
+        if self.threshold_max_scale is not None and self.threshold_max_scale < 1.0:
+            raise ValueError(f"threshold_max_scale={self.threshold_max_scale} must be at least 1 (the scale is "
+                             "never below 1; None: no cap)")
         if self.base_window_weights not in multidiffusion.WINDOW_WEIGHTINGS:
             raise ValueError(f"unknown base_window_weights {self.base_window_weights!r}; choose one of "
                              f"{multidiffusion.WINDOW_WEIGHTINGS}")

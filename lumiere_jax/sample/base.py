@@ -70,7 +70,7 @@ def base_denoiser(
         weights = multidiffusion.window_weights(config.base_window_weights, len(starts), model_frames)
         denoise_fn = multidiffusion.multidiffusion_denoiser(windowed_denoise_fn, starts, model_frames, weights,
                                                             frame_condition=channel_condition)
-    denoise_fn = guidance.thresholded(denoise_fn, config.threshold_percentile)
+    denoise_fn = guidance.thresholded(denoise_fn, config.threshold_percentile, config.threshold_max_scale)
     if not config.replace_known or condition is None:
         return denoise_fn
     return applications.known_content_denoiser(denoise_fn, condition, condition_mask)

@@ -64,7 +64,7 @@ def ssr_denoiser(
 
     fused = multidiffusion.multidiffusion_denoiser(windowed_denoise_fn, starts, window_length,
                                                    frame_condition=low_res)
-    return guidance.thresholded(fused, config.threshold_percentile)
+    return guidance.thresholded(fused, config.threshold_percentile, config.threshold_max_scale)
 
 
 def known_content_at(condition: jax.Array, condition_mask: jax.Array, height: int,

@@ -196,3 +196,17 @@ def test_learned_variance_is_the_conditional_halfs_and_is_not_thresholded():
     thresholded = guidance.thresholded(lambda z, logsnr: output, 50.0)(z, logsnr)
     np.testing.assert_array_equal(thresholded.variance_interpolation, raw["cond"][..., 3:])
     assert float(jnp.max(jnp.abs(thresholded.x0))) <= 1.0 + 1e-6
+
+
+def test_thresholded_caps_the_scale_when_told():
+    """A clip whose 95th percentile of |x0| is 4: uncapped it is divided by 4, capped (IF: 1.5) by 1.5."""
+    x0 = jnp.full((1, 2, 4, 4, 3), 4.0)
+    uncapped = guidance.thresholded(lambda z, logsnr: x0, 95.0)(x0, jnp.zeros((1,)))
+    capped = guidance.thresholded(lambda z, logsnr: x0, 95.0, 1.5)(x0, jnp.zeros((1,)))
+    np.testing.assert_allclose(uncapped, np.ones(x0.shape), rtol=1e-6)
+    np.testing.assert_allclose(capped, np.ones(x0.shape), rtol=1e-6)  # clip(4, -1.5, 1.5) / 1.5
+    half = x0.at[..., 0].set(1.2)  # 2/3 of the values at 4, 1/3 at 1.2: percentile 4, scale 1.5 when capped
+    np.testing.assert_allclose(guidance.thresholded(lambda z, logsnr: half, 95.0, 1.5)(x0, jnp.zeros((1,)))[..., 0],
+                               np.full((1, 2, 4, 4), 0.8), rtol=1e-6)
+    np.testing.assert_allclose(guidance.thresholded(lambda z, logsnr: half, 95.0)(x0, jnp.zeros((1,)))[..., 0],
+                               np.full((1, 2, 4, 4), 0.3), rtol=1e-6)
