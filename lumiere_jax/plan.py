@@ -212,7 +212,7 @@ def _compile_sample_ssr(mesh, rules, clips_per_shard: int, frames: int) -> tuple
                                                        windows, False)
     facts = {"examples": clips, "model_flops": model_flops, "remat": config.remat,
              "windows_per_call": sampling.ssr_windows_per_call, "windows": len(starts), "window_frames": window,
-             "model": adapter.name}
+             "guidance_sequential": sampling.ssr_guidance_sequential, "model": adapter.name}
     with mesh_lib.mesh_context(mesh, rules):
         compiled = jax.jit(denoise).lower(params, arrays).compile()
     return compiled, facts
@@ -258,6 +258,12 @@ def window_chunks(result: dict) -> int:
     return multidiffusion.num_window_chunks(result["windows"], result.get("windows_per_call"))
 
 
+def model_call_trips(result: dict) -> int:
+    """Times a planned step runs its innermost model call: the window chunks, times 2 when the SSR's guidance
+    halves run one after the other (`ssr_guidance_sequential`: a `lax.map` over the two inside the chunk loop)."""
+    return window_chunks(result) * (2 if result.get("guidance_sequential") else 1)
+
+
 def report_lines(result: dict, chips: chips_lib.ChipSpecs, hbm_gib: float | None) -> tuple[list[str], bool | None]:
     """The plan as printed (settings, then the estimate or the refusal) and whether the step fits (None:
     the chip's HBM is unknown)."""
@@ -271,11 +277,12 @@ def report_lines(result: dict, chips: chips_lib.ChipSpecs, hbm_gib: float | None
     from lumiere_jax.train import estimate as estimate_lib  # noqa: PLC0415
     hbm = hbm_gib * chips_lib.GIB if hbm_gib is not None else chips.hbm(result["device_kind"])
     peak, source = chips.peak(result["device_kind"])
-    cost, trips = compiled_lib.CompiledCost(**result["cost"]), window_chunks(result)
+    cost, trips = compiled_lib.CompiledCost(**result["cost"]), model_call_trips(result)
     if trips > 1:
         # XLA's cost analysis and the TPU cost model count a loop body once: the step runs it `trips` times.
+        passes = " and one guidance half" if result.get("guidance_sequential") else ""
         lines.append(f"XLA's FLOPs and the cost-model time below are the loop body's (one chunk of "
-                     f"{result['windows_per_call']} window(s)) x {trips} chunks; memory is the compiler's own")
+                     f"{result['windows_per_call']} window(s){passes}) x {trips} trips; memory is the compiler's own")
         cost = dataclasses.replace(cost, flops=cost.flops * trips, bytes_accessed=cost.bytes_accessed * trips,
                                    optimal_seconds=cost.optimal_seconds and cost.optimal_seconds * trips)
     estimate = estimate_lib.StepEstimate(

@@ -98,12 +98,13 @@ def test_out_of_memory_wordings_parse(text, what, needed, available):
     assert compiled_lib.parse_out_of_memory(RuntimeError("INVALID_ARGUMENT: shapes differ")) is None
 
 
-def _ssr_plan(tmp_path, capsys, windows_per_call: str) -> tuple[dict, str]:
-    path = tmp_path / f"ssr_{windows_per_call}.json"
+def _ssr_plan(tmp_path, capsys, windows_per_call: str, sequential: bool = False) -> tuple[dict, str]:
+    path = tmp_path / f"ssr_{windows_per_call}_{sequential}.json"
     status = plan_lib.main(["--stage", "sample_ssr", "--topology", "cpu:1", "--frames", "8", "--hbm_gib", "100",
                             "--cache_dir", str(tmp_path / "cache"), "--json", str(path),
                             "--gin.MODEL_SIZE='tiny'", "--gin.TEXT_ENCODER='tiny'", "--gin.TEXT_LENGTH=8",
-                            f"--gin.SamplingConfig.ssr_windows_per_call={windows_per_call}"])
+                            f"--gin.SamplingConfig.ssr_windows_per_call={windows_per_call}",
+                            f"--gin.SamplingConfig.ssr_guidance_sequential={sequential}"])
     assert status == 0
     return json.loads(path.read_text()), capsys.readouterr().out
 
@@ -118,6 +119,11 @@ def test_ssr_window_chunks_are_counted_once_per_trip(tmp_path, capsys):
     assert 0.25 < chunked["cost"]["flops"] / whole["cost"]["flops"] < 0.45
     # ... and the report scales it back by the trips.
     reported = float(chunked_out.split("FLOPs per chip: XLA ")[1].split(" TFLOP")[0])
-    assert "x 3 chunks" in chunked_out
+    assert "x 3 trips" in chunked_out
     assert reported == pytest.approx(3 * chunked["cost"]["flops"] / 1e12, abs=5e-4)  # printed to 3 decimals
     assert 0.9 < 3 * chunked["cost"]["flops"] / whole["cost"]["flops"] < 1.15
+    # Sequential guidance adds a loop over the two halves inside the chunk loop: XLA counts one half.
+    sequential, sequential_out = _ssr_plan(tmp_path, capsys, "1", sequential=True)
+    assert plan_lib.model_call_trips(sequential) == 6 and "x 6 trips" in sequential_out
+    assert 0.4 < sequential["cost"]["flops"] / chunked["cost"]["flops"] < 0.6
+    assert 0.9 < 6 * sequential["cost"]["flops"] / whole["cost"]["flops"] < 1.15
