@@ -127,7 +127,8 @@ def _train_step(trainable, frozen, opt_state, batch, rng, *, module: nn.Module,
         params = state_lib.merge_params(trainable_params, frozen)
         prediction = module.apply({"params": params}, z, logsnr, batch["text_embeddings"], batch["text_mask"],
                                   train=True, rngs={"dropout": dropout_rng}, **low_res)
-        return losses.diffusion_loss(prediction, x0, eps, logsnr, parameterization)
+        # Channels past x0's are a learned variance (IF's output), which the loss does not train.
+        return losses.diffusion_loss(prediction[..., :x0.shape[-1]], x0, eps, logsnr, parameterization)
 
     loss, grads = jax.value_and_grad(loss_fn)(trainable)
     updates, opt_state = optimizer.update(grads, opt_state, trainable)

@@ -16,10 +16,8 @@ not loaded (BASE_CHECKPOINT / PROMPTS / OUTPUT_DIR get placeholders when unbound
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
