@@ -121,7 +121,7 @@ def guided_denoiser(
         return samplers.LearnedVariance(x0_hat, variance_interpolation)
 
     def split(raw):  # -> (prediction, variance interpolation or None)
-        return tuple(jnp.split(raw, 2, axis=-1)) if learned_variance else (raw, None)
+        return samplers.split_learned_variance(raw) if learned_variance else (raw, None)
 
     def denoise_fn(z: jax.Array, logsnr: jax.Array) -> jax.Array | samplers.LearnedVariance:
         if isinstance(guidance_weight, (int, float)) and guidance_weight == 1.0:

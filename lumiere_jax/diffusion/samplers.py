@@ -48,6 +48,13 @@ class LearnedVariance:
     variance_interpolation: jax.Array  # [B, ..., C] in [-1, 1]: -1 the posterior variance, +1 beta_ts
 
 
+def split_learned_variance(raw: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A learned-variance model's raw output `[..., 2C]` -> (its prediction `[..., C]`, the variance
+    interpolation `[..., C]`): the prediction channels come first (IF's layout)."""
+    prediction, variance_interpolation = jnp.split(raw, 2, axis=-1)
+    return prediction, variance_interpolation
+
+
 def x0_of(output: jax.Array | LearnedVariance) -> jax.Array:
     """The x0_hat of a denoiser's output."""
     return output.x0 if isinstance(output, LearnedVariance) else output

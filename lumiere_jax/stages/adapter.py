@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from lumiere_jax.condition_masks import condition_mask
+from lumiere_jax.diffusion import samplers
 
 Params = Any
 Batch = dict[str, jax.Array]
@@ -156,7 +157,7 @@ class ModelAdapter:
 
     def prediction_part(self, raw: jax.Array) -> jax.Array:
         """The prediction channels of a raw model output (without a learned variance's)."""
-        return raw[..., :raw.shape[-1] // 2] if self.learned_variance else raw
+        return samplers.split_learned_variance(raw)[0] if self.learned_variance else raw
 
     def model_input(self, z: jax.Array, inputs: ModelInputs) -> jax.Array:
         """The model's x: the noisy sample, with <C, M> appended on channels for conditional generation."""
