@@ -102,3 +102,22 @@ def target(x0: jax.Array, eps: jax.Array, logsnr: jax.Array, parameterization: s
         return eps
     alpha, sigma = alpha_sigma_like(logsnr, x0)
     return v_from_x0_eps(x0, eps, alpha, sigma)
+
+
+
+def preconditioned_input_scale(alpha: jax.Array, sigma: jax.Array, data_std: float) -> jax.Array:
+    """Standard deviation of `z = alpha * x0 + sigma * eps` for data of standard deviation `data_std`; a
+    preconditioned model sees `z / scale` (unit variance at every noise level). 1 for `data_std = 1`."""
+    return jnp.sqrt(sigma**2 + (data_std * alpha) ** 2)
+
+
+def preconditioned_x0(raw: jax.Array, z: jax.Array, alpha: jax.Array, sigma: jax.Array, data_std: float) -> jax.Array:
+    """x0 from the output `raw` of a model preconditioned for data of standard deviation `data_std`.
+
+    Karras et al. 2022 (EDM) written for variance-preserving `z`: `x0 = c_skip * z + c_out * (-raw)` with
+    `c_skip = data_std^2 * alpha / scale^2`, `c_out = sigma * data_std / scale` and `scale` the standard deviation
+    of z (`preconditioned_input_scale`). For `data_std = 1` it is the v-parameterisation (`raw = v`); for small
+    `data_std`, at high noise the output is scaled by `data_std`, so an imprecise model errs on that scale.
+    """
+    scale = preconditioned_input_scale(alpha, sigma, data_std)
+    return (data_std**2 * alpha / scale**2) * z - (sigma * data_std / scale) * raw

@@ -145,7 +145,8 @@ def export(
         raise ValueError(f"{checkpoint} is already an inference checkpoint; export reads training checkpoints")
     if weights.is_inference_checkpoint(output_dir):
         raise FileExistsError(f"{output_dir} already holds an inference checkpoint; choose a new output_dir")
-    params, info = weights.load_params(checkpoint, weights.abstract_params(adapter, mesh, rules), use_ema)
+    params, info = weights.load_params(checkpoint, weights.abstract_params(adapter, mesh, rules), use_ema,
+                                       adapter.name)
     output_dir = storage.normalize(output_dir)
     storage.makedirs(output_dir)
     params_dir = storage.join(output_dir, weights.PARAMS_ITEM)

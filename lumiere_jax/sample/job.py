@@ -220,7 +220,7 @@ class _Models:
         base_adapter, ssr_adapter = models.base_adapter, models.sampled_ssr_adapter()
         self.base_adapter, self.ssr_adapter = base_adapter, ssr_adapter
         self.base_params, self.base_info = weights.load_params(
-            base_checkpoint, weights.abstract_params(base_adapter, mesh, rules), models.use_ema)
+            base_checkpoint, weights.abstract_params(base_adapter, mesh, rules), models.use_ema, base_adapter.name)
         self.style_info = None
         if models.style_checkpoint:
             style_params, info = weights.load_params(models.style_checkpoint, None, models.use_ema)
@@ -231,7 +231,8 @@ class _Models:
         self.ssr_params = self.ssr_text_params = self.ssr_info = None
         if ssr_adapter is not None:
             self.ssr_params, self.ssr_info = weights.load_params(
-                models.ssr_checkpoint, weights.abstract_params(ssr_adapter, mesh, rules), models.use_ema)
+                models.ssr_checkpoint, weights.abstract_params(ssr_adapter, mesh, rules), models.use_ema,
+                ssr_adapter.name)
             same_encoder = ssr_adapter.text_encoder.config == base_adapter.text_encoder.config
             self.ssr_text_params = (self.base_text_params if same_encoder
                                     else text_lib.load_text_encoder_params(

@@ -58,8 +58,9 @@ def upsample_clips(
         low_res, prompts = arrays["low_res"].astype(np.float32), [str(prompt) for prompt in arrays["prompts"]]
     device_mesh = mesh.make_mesh()
     with mesh_lib.mesh_context(device_mesh, mesh.rules):
-        params, _ = weights.load_params(models.ssr_checkpoint, weights.abstract_params(adapter, device_mesh,
-                                                                                       mesh.rules), models.use_ema)
+        params, _ = weights.load_params(models.ssr_checkpoint,
+                                        weights.abstract_params(adapter, device_mesh, mesh.rules), models.use_ema,
+                                        adapter.name)
         text_params, _ = text_lib.load_text_encoder_params(adapter.text_encoder, text.text_encoder_params_fn,
                                                            text.train_seed, device_mesh, mesh.rules)
         tokens, mask = vocab.tokenize(prompts, vocab.get_vocabulary(text.sentencepiece_model), adapter.text_length)

@@ -92,14 +92,43 @@ def describe(path: str, use_ema: bool = True) -> dict:
     return {"kind": "training", "source": step_dir, "step": int(os.path.basename(step_dir)), "weights": weights}
 
 
-def load_params(path: str, abstract: Params | None = None, use_ema: bool = True) -> tuple[Params, dict]:
+def trained_model_name(info: dict) -> str | None:
+    """The adapter name a checkpoint described by `describe` was saved with (None where not recorded)."""
+    if info["kind"] == "inference":
+        return storage.read_json(storage.join(info["source"], INFERENCE_MANIFEST)).get("model_name")
+    meta_file = storage.join(info["source"], "meta", "metadata")
+    return storage.read_json(meta_file).get("model_name") if storage.isfile(meta_file) else None
+
+
+def check_same_prediction_target(info: dict, model_name: str) -> None:
+    """Refuses weights trained with another `upsample_residual_std` than the configured adapter's (the
+    parameters fit either way, the predictions would not)."""
+    trained = trained_model_name(info)
+    mark = adapter_lib.UPSAMPLE_RESIDUAL_MARK
+
+    def residual_std(name: str) -> str:
+        return name[name.index(mark) + len(mark):] if mark in name else "None"
+
+    if trained is not None and residual_std(trained) != residual_std(model_name):
+        raise ValueError(
+            f"checkpoint {info['source']} was trained as {trained!r} but the sampling config builds {model_name!r}: "
+            f"set unet_adapter.upsample_residual_std = {residual_std(trained)} for this model (e.g. "
+            f"ssr/unet_adapter.upsample_residual_std in the sampling gin files), as in its training run")
+
+
+def load_params(path: str, abstract: Params | None = None, use_ema: bool = True,
+                model_name: str | None = None) -> tuple[Params, dict]:
     """Reads a parameter tree from a training or inference checkpoint; returns `(params, info)`.
 
     `abstract`: the model's tree of ShapeDtypeStructs with shardings (`abstract_params`); every path must be
     in the checkpoint with the same shape, and arrays land on those shardings. None reads every stored
-    parameter as host NumPy arrays (e.g. a style T2I checkpoint). `info` is `describe(path)`.
+    parameter as host NumPy arrays (e.g. a style T2I checkpoint). `info` is `describe(path)`. `model_name`:
+    the configured adapter's name, to refuse weights trained as another prediction target
+    (`check_same_prediction_target`).
     """
     info = describe(path, use_ema)
+    if model_name is not None:
+        check_same_prediction_target(info, model_name)
     if info["kind"] == "inference":
         keys, leaves = _inference_sources(info["source"])
         root = info["source"]

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from lumiere_jax.condition_masks import condition_mask
+from lumiere_jax.diffusion import parameterization as param_lib
 from lumiere_jax.diffusion import samplers
 
 Params = Any
@@ -42,6 +43,7 @@ IMAGE_STAGES = ("t2i", "sr")
 SR_STAGES = ("sr", "ssr")
 BASE_VIDEO_STAGES = ("stunet", "conditional")  # what the sampling job and exported sampling take as base
 CONDITION_CHANNELS = 4  # C (3) + M (1), paper 4.2
+UPSAMPLE_RESIDUAL_MARK = "_upsample_residual_std"
 
 
 @flax.struct.dataclass
@@ -72,6 +74,12 @@ class ModelAdapter:
       learned_variance: the model's raw output is the prediction followed by as many channels of a learned-range
         variance interpolation in [-1, 1] (Improved DDPM; DeepFloyd IF). The training loss reads the prediction
         (`prediction_part`; the variance channels are not trained); the ancestral sampler uses both.
+      upsample_residual_std: None: the model diffuses x0 (Imagen's SR, the paper presets). A number (SR stages):
+        the model diffuses the residual of x0 over the bilinear upsample of its low-res input (as given to it,
+        noise augmentation included; as SRDiff), preconditioned (EDM, `param_lib.preconditioned_x0`) for
+        residuals of this standard deviation. `apply` returns the prediction about x0 in `parameterization`, so
+        the trainer and samplers see an ordinary model. At high noise its x0 is the upsample plus its output
+        scaled by the std, where an x0 model's whole output is. Our option for the tiny demo.
     """
 
     name: str
@@ -85,6 +93,7 @@ class ModelAdapter:
     window_frames: int | None = None
     parameterization: str = "v"
     learned_variance: bool = False
+    upsample_residual_std: float | None = None
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -95,6 +104,11 @@ class ModelAdapter:
                              f"({'(H, W, 3)' if expected_rank == 3 else '(T, H, W, 3)'}); got {self.sample_shape}")
         if self.stage in SR_STAGES and not self.low_res_size:
             raise ValueError(f"the {self.stage} stage needs low_res_size (frame size of the low-res input)")
+        if self.upsample_residual_std is not None and (self.stage not in SR_STAGES or self.learned_variance
+                                                       or not self.upsample_residual_std > 0):
+            raise ValueError(f"upsample_residual_std is a positive number for the SR stages {SR_STAGES} without a "
+                             f"learned variance; got {self.upsample_residual_std} for stage {self.stage!r}, "
+                             f"learned_variance={self.learned_variance}")
 
     @property
     def input_channels(self) -> int:
@@ -159,6 +173,16 @@ class ModelAdapter:
         """The prediction channels of a raw model output (without a learned variance's)."""
         return samplers.split_learned_variance(raw)[0] if self.learned_variance else raw
 
+    def loss_weight(self, logsnr: jax.Array) -> jax.Array:
+        """Per-example weight `[B]` of the denoising loss at `logsnr: [B]`: 1, or for an upsample-residual model
+        EDM's weighting, uniform in its own output: that output's error times `c_out / sigma` is the v error
+        (`param_lib.preconditioned_x0`), so the weight is `scale^2 / std^2` (1 at low noise, 1 / std^2 at high)."""
+        if self.upsample_residual_std is None:
+            return jnp.ones_like(logsnr)
+        alpha, sigma = param_lib.alpha_sigma_like(logsnr, logsnr)
+        return param_lib.preconditioned_input_scale(alpha, sigma, self.upsample_residual_std) ** 2 / (
+            self.upsample_residual_std ** 2)
+
     def model_input(self, z: jax.Array, inputs: ModelInputs) -> jax.Array:
         """The model's x: the noisy sample, with <C, M> appended on channels for conditional generation."""
         if inputs.channel_condition is None:
@@ -174,11 +198,23 @@ class ModelAdapter:
     def apply(self, params: Params, z: jax.Array, logsnr: jax.Array, inputs: ModelInputs,
               text_embeddings: jax.Array, text_mask: jax.Array, noise_aug_logsnr: jax.Array | None,
               train: bool, dropout_rng: jax.Array | None = None) -> jax.Array:
-        """Raw model prediction `[B, (T,) H, W, 3]` for noisy `z` at `logsnr: [B]`."""
+        """Raw model prediction `[B, (T,) H, W, 3]` for noisy `z` at `logsnr: [B]` (an upsample-residual model's
+        turned into the prediction about x0 in `parameterization`)."""
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-        return self.module.apply(
-            {"params": params}, self.model_input(z, inputs), logsnr, text_embeddings, text_mask,
+        residual_std = self.upsample_residual_std
+        if residual_std is None:
+            return self.module.apply(
+                {"params": params}, self.model_input(z, inputs), logsnr, text_embeddings, text_mask,
+                **self.low_res_kwargs(inputs, noise_aug_logsnr), train=train, rngs=rngs)
+        upsample = upsample_frames(inputs.low_res, z.shape[-3:-1]).astype(z.dtype)  # [B, (T,) H, W, 3]
+        alpha, sigma = param_lib.alpha_sigma_like(logsnr, z)
+        z_residual = z - alpha * upsample  # alpha * (x0 - upsample) + sigma * eps
+        scale = param_lib.preconditioned_input_scale(alpha, sigma, residual_std)
+        raw = self.module.apply(
+            {"params": params}, self.model_input(z_residual / scale, inputs), logsnr, text_embeddings, text_mask,
             **self.low_res_kwargs(inputs, noise_aug_logsnr), train=train, rngs=rngs)
+        x0 = upsample + param_lib.preconditioned_x0(raw, z_residual, alpha, sigma, residual_std)
+        return param_lib.from_x0(x0, z, logsnr, self.parameterization)
 
 
 def channel_condition(condition: jax.Array, mask: jax.Array) -> jax.Array:
@@ -227,6 +263,16 @@ def area_downsample(video: jax.Array, size: int) -> jax.Array:
     factor_h, factor_w = height // size, width // size
     blocks = video.reshape(*lead, size, factor_h, size, factor_w, channels)
     return blocks.mean(axis=(-4, -2))
+
+
+def upsample_residual_mark(residual_std: float | None) -> str:
+    """What ends the name of a model with `upsample_residual_std` (empty for None): `_upsample_residual_std0.1`."""
+    return "" if residual_std is None else f"{UPSAMPLE_RESIDUAL_MARK}{residual_std:g}"
+
+
+def upsample_frames(frames: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Bilinear upsampling of `frames: [B, (T,) h, w, C]` to `[B, (T,) *size, C]` (as the U-Net's low-res input)."""
+    return jax.image.resize(frames, (*frames.shape[:-3], *size, frames.shape[-1]), method="bilinear")
 
 
 def first_frame_condition(video: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -10,7 +10,7 @@ def adapter_key(adapter: adapter_lib.ModelAdapter | None) -> tuple | None:
     if adapter is None:
         return None
     return (adapter.module, adapter.stage, tuple(adapter.sample_shape), adapter.low_res_size, adapter.text_length,
-            adapter.parameterization, adapter.text_encoder.config)
+            adapter.parameterization, adapter.upsample_residual_std, adapter.text_encoder.config)
 
 
 class Unhashed:

@@ -57,6 +57,7 @@ def unet_adapter(
     trainable_patterns: Sequence[str] | None = None,
     dtype: str | None = None,
     remat: str | None = None,
+    upsample_residual_std: float | None = None,
 ) -> adapter_lib.ModelAdapter:
     """A `ModelAdapter` for `stage` ("t2i", "stunet", "sr", "ssr", "conditional").
 
@@ -64,7 +65,10 @@ def unet_adapter(
     keeping the stage's own (channels, temporal, low-res), `temporal_overrides` those of its TemporalConfig;
     `dtype` ("bfloat16": bf16 compute, float32 parameters) and `remat` (a policy name, models/remat.py) override
     both. `trainable_patterns` (regexes over parameter paths) selects what trains, the rest is frozen; None
-    trains everything.
+    trains everything. `upsample_residual_std` (SR stages): the model diffuses x0's residual over the bilinear
+    upsample of its low-res input, preconditioned for residuals of this standard deviation
+    (`ModelAdapter.upsample_residual_std`); the adapter's name records it, so a run resumed or sampled with
+    another value fails clearly (sampling must bind the value training used).
     """
     if stage not in adapter_lib.STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {adapter_lib.STAGES}")
@@ -84,10 +88,11 @@ def unet_adapter(
     image = stage in adapter_lib.IMAGE_STAGES
     sample_shape = size_hw if image else (config.temporal.num_frames, *size_hw)
     return adapter_lib.ModelAdapter(
-        name=f"unet_{stage}", module=unet.UNet(config), stage=stage, text_encoder=text_encoder,
+        name=f"unet_{stage}{adapter_lib.upsample_residual_mark(upsample_residual_std)}", module=unet.UNet(config),
+        stage=stage, text_encoder=text_encoder,
         sample_shape=sample_shape, low_res_size=config.low_res_size, text_length=text_length,
         trainable_mask=pattern_mask(trainable_patterns) if trainable_patterns is not None else None,
-        window_frames=None if image else config.temporal.num_frames)
+        window_frames=None if image else config.temporal.num_frames, upsample_residual_std=upsample_residual_std)
 
 
 @gin.configurable

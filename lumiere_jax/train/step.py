@@ -62,7 +62,8 @@ def per_example_losses(
     # Rematerialisation is the model's own (`UNetConfig.remat`, per block unit).
     prediction = adapter.apply(params, z, logsnr, inputs, text_embeddings, text_mask, noise_aug_logsnr,
                                train=train, dropout_rng=dropout_rng if train else None)
-    return losses.per_example_loss(adapter.prediction_part(prediction), x0, eps, logsnr, adapter.parameterization)
+    loss = losses.per_example_loss(adapter.prediction_part(prediction), x0, eps, logsnr, adapter.parameterization)
+    return loss * adapter.loss_weight(logsnr)  # [B]
 
 
 def all_finite(tree: Any) -> jax.Array:

@@ -52,3 +52,32 @@ def test_broadcasting_for_images_and_scalars():
 def test_unknown_parameterization_is_rejected():
     with pytest.raises(ValueError, match="unknown parameterization 'score'"):
         param_lib.target(X0, EPS, LOGSNR, "score")
+
+
+
+def test_preconditioning_for_unit_data_is_the_v_parameterization():
+    z = RNG.normal(size=X0.shape).astype(np.float32)
+    raw = RNG.normal(size=X0.shape).astype(np.float32)
+    alpha, sigma = param_lib.alpha_sigma_like(LOGSNR, z)
+    np.testing.assert_allclose(param_lib.preconditioned_x0(raw, z, alpha, sigma, 1.0),
+                               param_lib.to_x0(raw, z, LOGSNR, "v"), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(param_lib.preconditioned_input_scale(alpha, sigma, 1.0), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("data_std", [0.05, 0.5, 2.0])
+def test_preconditioning_matches_edm_in_its_own_variables(data_std):
+    """Against Karras et al. 2022 written in their variance-exploding variables (NumPy): `x = z / alpha` has noise
+    `s = sigma / alpha`; `D(x) = c_skip x + c_out F(c_in x)` with `c_skip = sd^2 / (s^2 + sd^2)`,
+    `c_out = s sd / sqrt(s^2 + sd^2)`, `c_in = 1 / sqrt(s^2 + sd^2)`; our raw output is `-F`, our input `c_in x`."""
+    z = RNG.normal(size=X0.shape).astype(np.float32)
+    raw = RNG.normal(size=X0.shape).astype(np.float32)
+    alpha, sigma = (np.asarray(a, np.float64) for a in param_lib.alpha_sigma_like(LOGSNR, z))
+    noise = sigma / alpha
+    c_skip = data_std**2 / (noise**2 + data_std**2)
+    c_out = noise * data_std / np.sqrt(noise**2 + data_std**2)
+    c_in = 1 / np.sqrt(noise**2 + data_std**2)
+    expected = c_skip * (z / alpha) + c_out * (-raw)
+    np.testing.assert_allclose(param_lib.preconditioned_x0(raw, z, alpha, sigma, data_std), expected,
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(z / param_lib.preconditioned_input_scale(alpha, sigma, data_std), c_in * z / alpha,
+                               rtol=1e-5, atol=1e-6)

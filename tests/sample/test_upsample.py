@@ -4,15 +4,16 @@ files; every row's output depends only on its own clip, prompt and key."""
 import os
 
 import numpy as np
+import pytest
 
 from lumiere_jax.sample import upsample
 from tiny_setup import NUM_FRAMES, SIZE, SSR_SIZE, write_gin
 
 
-def run_upsample(tmp_path, tiny_models, low_res, prompts, name):
+def run_upsample(tmp_path, tiny_models, low_res, prompts, name, *gin_lines):
     inputs, output = os.fspath(tmp_path / f"{name}_in.npz"), os.fspath(tmp_path / f"{name}_out.npz")
     np.savez(inputs, low_res=low_res, prompts=np.array(prompts))
-    gin_file = write_gin(os.fspath(tmp_path / "sample.gin"), ("include 'sample/upsample.gin'",))
+    gin_file = write_gin(os.fspath(tmp_path / "sample.gin"), ("include 'sample/upsample.gin'", *gin_lines))
     argv = [f"--gin_file={gin_file}", f"--gin.SSR_CHECKPOINT={tiny_models['ssr_dir']}", "--gin.PROMPTS=unused",
             "--gin.OUTPUT_DIR=unused", f"--gin.BASE_CHECKPOINT={tiny_models['base_dir']}",
             f"--gin.upsample_clips.inputs={inputs}", f"--gin.upsample_clips.output={output}"]
@@ -31,3 +32,12 @@ def test_upsamples_each_clip_on_its_own(tmp_path, tiny_models):
     # Odd batch sizes (1, 3) crash XLA's CPU compiler here (segmentation fault, jaxlib 0.10.2).
     pair = run_upsample(tmp_path, tiny_models, low_res[:2], prompts[:2], "pair")
     np.testing.assert_allclose(pair, video[:2], atol=1e-5)
+
+
+def test_weights_trained_as_another_prediction_target_are_refused(tmp_path, tiny_models):
+    """The tiny SSR diffuses x0; sampling it as an upsample-residual model would fit its parameters but not its
+    predictions: refused before anything runs, naming the binding that fixes it."""
+    low_res = np.zeros((2, NUM_FRAMES, SIZE, SIZE, 3), np.float32)
+    with pytest.raises(ValueError, match=r"trained as 'unet_ssr'.*upsample_residual_std = None"):
+        run_upsample(tmp_path, tiny_models, low_res, ["a", "b"], "residual",
+                     "ssr/unet_adapter.upsample_residual_std = 0.1")
