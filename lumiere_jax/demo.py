@@ -62,11 +62,12 @@ class DemoSteps:
 
 # Sized for a 2-core CPU (under 30 minutes with the install; the quick one a few). The T2I stage gets most
 # steps: its held-out loss is still falling at 2000 and text only starts to steer it after ~1500 (measured).
-# The image SR is cheap per step (~2 steps/s) and gains most from more: held-out loss 0.31 at 150 steps,
-# 0.095 at 600; the SSR check's PSNR 10.9 -> 16.4 dB from 150 to 750 (BENCHMARKS.md 6). The SSR's temporal
-# layers and the conditional fine-tune get just enough steps to show the pipeline.
+# The image SR is cheap per step (~2 steps/s); with runs/demo_sr.gin's upsample-residual model, 750 steps put its
+# samples above bilinear upsampling (BENCHMARKS.md 6). Its sampler takes 4 steps: with this briefly trained model
+# fewer steps come closer to the truth (32.3 dB at 8 steps, 33.0 at 4). The SSR's temporal layers and the
+# conditional fine-tune get just enough steps to show the pipeline.
 FULL = DemoSteps(frames=8, t2i=2000, stunet=300, image_sr=750, ssr=60, conditional=60, base_sampling=32,
-                 ssr_sampling=8)
+                 ssr_sampling=4)
 QUICK = DemoSteps(frames=8, t2i=40, stunet=20, image_sr=10, ssr=10, conditional=10, base_sampling=6, ssr_sampling=3)
 
 
