@@ -104,7 +104,6 @@ def target(x0: jax.Array, eps: jax.Array, logsnr: jax.Array, parameterization: s
     return v_from_x0_eps(x0, eps, alpha, sigma)
 
 
-
 def preconditioned_input_scale(alpha: jax.Array, sigma: jax.Array, data_std: float) -> jax.Array:
     """Standard deviation of `z = alpha * x0 + sigma * eps` for data of standard deviation `data_std`; a
     preconditioned model sees `z / scale` (unit variance at every noise level). 1 for `data_std = 1`."""
