@@ -89,8 +89,8 @@ def init_variables(config: UNetConfig, rng: jax.Array, batch_size: int = 1) -> d
 
 
 def upsample_low_res(low_res: jax.Array, height: int, width: int) -> jax.Array:
-    """Bilinear upsampling of the SR conditioning frames. `[N, h, w, C] -> [N, height, width, C]`."""
-    return jax.image.resize(low_res, (low_res.shape[0], height, width, low_res.shape[-1]), method="bilinear")
+    """Bilinear upsampling of the SR conditioning frames. `[..., h, w, C] -> [..., height, width, C]`."""
+    return jax.image.resize(low_res, (*low_res.shape[:-3], height, width, low_res.shape[-1]), method="bilinear")
 
 
 def clip_frames(x: jax.Array, temporal) -> int | None:

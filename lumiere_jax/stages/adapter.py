@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from lumiere_jax.condition_masks import condition_mask
 from lumiere_jax.diffusion import parameterization as param_lib
 from lumiere_jax.diffusion import samplers
+from lumiere_jax.models import unet
 
 Params = Any
 Batch = dict[str, jax.Array]
@@ -206,7 +207,7 @@ class ModelAdapter:
             return self.module.apply(
                 {"params": params}, self.model_input(z, inputs), logsnr, text_embeddings, text_mask,
                 **self.low_res_kwargs(inputs, noise_aug_logsnr), train=train, rngs=rngs)
-        upsample = upsample_frames(inputs.low_res, z.shape[-3:-1]).astype(z.dtype)  # [B, (T,) H, W, 3]
+        upsample = unet.upsample_low_res(inputs.low_res, *z.shape[-3:-1]).astype(z.dtype)  # [B, (T,) H, W, 3]
         alpha, sigma = param_lib.alpha_sigma_like(logsnr, z)
         z_residual = z - alpha * upsample  # alpha * (x0 - upsample) + sigma * eps
         scale = param_lib.preconditioned_input_scale(alpha, sigma, residual_std)
@@ -268,11 +269,6 @@ def area_downsample(video: jax.Array, size: int) -> jax.Array:
 def upsample_residual_mark(residual_std: float | None) -> str:
     """What ends the name of a model with `upsample_residual_std` (empty for None): `_upsample_residual_std0.1`."""
     return "" if residual_std is None else f"{UPSAMPLE_RESIDUAL_MARK}{residual_std:g}"
-
-
-def upsample_frames(frames: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """Bilinear upsampling of `frames: [B, (T,) h, w, C]` to `[B, (T,) *size, C]` (as the U-Net's low-res input)."""
-    return jax.image.resize(frames, (*frames.shape[:-3], *size, frames.shape[-1]), method="bilinear")
 
 
 def first_frame_condition(video: jax.Array) -> tuple[jax.Array, jax.Array]:
