@@ -20,6 +20,8 @@ LINEAR_MOTIONS: tuple[str, ...] = ("left", "right", "up", "down")
 SCORED_SEED = 15
 NUM_SCORED = 16
 NUM_HELD_OUT = 8
+VALIDATION_SEED = 101  # sampling settings are chosen on these prompts, never on the scored ones
+NUM_VALIDATION = 24
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -59,19 +61,33 @@ def all_captions() -> tuple[str, ...]:
     return tuple(sorted(captions))
 
 
-@functools.lru_cache(maxsize=1)
-def scored_combinations() -> tuple[Combination, ...]:
-    """`NUM_SCORED` distinct combinations with a linear motion, drawn uniformly with `SCORED_SEED`."""
-    rng = np.random.default_rng(SCORED_SEED)
+def draw_linear_combinations(seed: int, count: int,
+                              exclude: frozenset[Combination] = frozenset()) -> tuple[Combination, ...]:
+    """`count` distinct combinations with a linear motion, none in `exclude`, drawn uniformly with `seed`."""
+    rng = np.random.default_rng(seed)
     drawn: list[Combination] = []
-    while len(drawn) < NUM_SCORED:
+    while len(drawn) < count:
         object_color, background_color = rng.choice(synthetic_render.COLOR_NAMES, size=2, replace=False)
         combination = Combination(
             str(object_color), str(rng.choice(synthetic_render.SHAPES)), str(background_color),
             str(rng.choice(LINEAR_MOTIONS)), str(rng.choice(synthetic_render.SPEEDS)))
-        if combination not in drawn:
+        if combination not in drawn and combination not in exclude:
             drawn.append(combination)
     return tuple(drawn)
+
+
+@functools.lru_cache(maxsize=1)
+def scored_combinations() -> tuple[Combination, ...]:
+    """The demo's `NUM_SCORED` scored combinations (linear motions), drawn with `SCORED_SEED`."""
+    return draw_linear_combinations(SCORED_SEED, NUM_SCORED)
+
+
+def validation_combinations(count: int = NUM_VALIDATION) -> tuple[Combination, ...]:
+    """Combinations apart from the scored ones (`VALIDATION_SEED`), to choose sampling settings on.
+
+    Some may be held out of training or not; choosing on them leaves the scored prompts an unbiased test.
+    """
+    return draw_linear_combinations(VALIDATION_SEED, count, exclude=frozenset(scored_combinations()))
 
 
 def held_out_combinations() -> frozenset[Combination]:

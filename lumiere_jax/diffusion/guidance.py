@@ -56,7 +56,8 @@ def dynamic_threshold(x0: jax.Array, percentile: float = 99.5, max_scale: float 
 
     Per example, `s = max(percentile_p(|x0|) over all non-batch dims, 1)`, capped at `max_scale` when given (IF's
     sampler: 95th percentile, cap 1.5); returns `clip(x0, -s, s) / s`. Data already inside [-1, 1] with `s = 1`
-    is unchanged. Percentiles use linear interpolation (as NumPy).
+    is unchanged; a cap of 1 is static thresholding, `clip(x0, -1, 1)`. Percentiles use linear interpolation
+    (as NumPy).
     """
     if not 0.0 <= percentile <= 100.0:
         raise ValueError(f"percentile={percentile} must lie in [0, 100] (Imagen uses 99.5)")

@@ -50,7 +50,8 @@ class SamplingConfig:
       context_frames: frames of the previous clip an "extend" row continues from (1 = the image-to-video task).
       threshold_percentile: dynamic thresholding percentile (Imagen: 99.5); None disables it.
       threshold_max_scale: cap on dynamic thresholding's scale (IF's sampler: 1.5 with percentile 95, as
-        sample/if.gin sets); None: no cap (Imagen).
+        sample/if.gin sets); None: no cap (Imagen). 1.0 is static thresholding: x0 clipped to [-1, 1], never
+        rescaled (the demo's choice, sample/demo.gin).
       sdedit_strength: SDEdit noise level t0 in (0, 1]: the input video is noised to t0, then denoised.
       replace_known: after every denoiser call, overwrite x0_hat with C where M = 1 (RePaint-style hard
         constraint, our option), in the base stage and, with C and M upsampled, in the SSR. Off by default: the

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import (compiled_cost, cost_report, fake_devices, long_video, memory_scaling, minimal_step, solvers,
-                        step_profile)
+from benchmarks import (compiled_cost, cost_report, demo_sampling, fake_devices, long_video, memory_scaling,
+                        minimal_step, solvers, step_profile)
 from lumiere_jax.data import synthetic_render
 from lumiere_jax.evaluate import synthetic_quality
 from lumiere_jax.models import config as config_lib
@@ -226,3 +226,13 @@ def test_step_profile_tells_convolution_kinds_apart_in_compiled_hlo():
     assert {"conv forward", "conv input gradient", "conv weight gradient"} <= kinds
     text = 'metadata={op_name="jit(_train_step)/transpose(jvp(UNet))/up_0_res_1/conv_0/conv_general_dilated"}'
     assert step_profile.layer_of(text) == "up_res/conv"
+
+
+def test_demo_sampling_prompt_sets_share_no_prompt_or_seed_and_settings_name_the_threshold():
+    scored, validation = demo_sampling.prompt_rows("scored"), demo_sampling.prompt_rows("validation")
+    assert not {row["prompt"] for row in scored} & {row["prompt"] for row in validation}
+    assert not {row["seed"] for row in scored} & {row["seed"] for row in validation}
+    assert len({row["id"] for row in scored + validation}) == len(scored) + len(validation)
+    assert demo_sampling.setting_flags(5, "static")[-1] == "--gin.SamplingConfig.threshold_max_scale=1.0"
+    with pytest.raises(ValueError, match="unknown thresholding"):
+        demo_sampling.setting_flags(5, "percentile")

@@ -24,6 +24,15 @@ def test_scored_prompts_are_distinct_linear_motions_with_parseable_captions():
     assert len(synthetic_prompts.held_out_combinations()) == synthetic_prompts.NUM_HELD_OUT
 
 
+def test_validation_prompts_are_distinct_linear_motions_apart_from_the_scored_ones():
+    validation = synthetic_prompts.validation_combinations()
+    assert len(validation) == len(set(validation)) == synthetic_prompts.NUM_VALIDATION
+    assert not set(validation) & set(synthetic_prompts.scored_combinations())
+    assert all(c.motion in ("left", "right", "up", "down") and c.object_color != c.background_color
+               for c in validation)
+    assert synthetic_prompts.validation_combinations(5) == validation[:5]  # a prefix: the draw is seeded
+
+
 def test_all_combinations_is_what_sample_scene_draws():
     combinations = synthetic_prompts.all_combinations()
     assert len(combinations) == 8 * 7 * 4 * 8 * 2 == len(set(combinations))

@@ -210,3 +210,11 @@ def test_thresholded_caps_the_scale_when_told():
                                np.full((1, 2, 4, 4), 0.8), rtol=1e-6)
     np.testing.assert_allclose(guidance.thresholded(lambda z, logsnr: half, 95.0)(x0, jnp.zeros((1,)))[..., 0],
                                np.full((1, 2, 4, 4), 0.3), rtol=1e-6)
+
+
+def test_a_cap_of_one_is_static_thresholding():
+    """Scale capped at 1: values clipped to [-1, 1] and never divided, whatever the percentile."""
+    x0 = (RNG.normal(size=(2, 3, 5, 5, 3)) * 2.0).astype(np.float32)
+    out = guidance.thresholded(lambda z, logsnr: x0, 99.5, 1.0)(x0, jnp.zeros((2,)))
+    np.testing.assert_array_equal(out, np.clip(x0, -1.0, 1.0))
+    assert np.mean(np.abs(x0) > 1.0) > 0.3  # the clip matters: a third of the values lie outside [-1, 1]
