@@ -85,7 +85,7 @@ def scored_combinations() -> tuple[Combination, ...]:
 def validation_combinations(count: int = NUM_VALIDATION) -> tuple[Combination, ...]:
     """Combinations apart from the scored ones (`VALIDATION_SEED`), to choose sampling settings on.
 
-    Some may be held out of training or not; choosing on them leaves the scored prompts an unbiased test.
+    They may or may not appear in the training split; choosing on them keeps the scored prompts an unbiased test.
     """
     return draw_linear_combinations(VALIDATION_SEED, count, exclude=frozenset(scored_combinations()))
 
