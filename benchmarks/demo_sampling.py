@@ -31,8 +31,7 @@ VALIDATION_SEED_OFFSET = 100
 def prompt_rows(prompt_set: str) -> list[dict]:
     """The rows of the sampling job's prompts file for `prompt_set` ("validation" or "scored")."""
     if prompt_set == "scored":
-        return [{"id": demo.clip_id(index), "prompt": combination.caption(), "seed": index}
-                for index, combination in enumerate(demo.SCORED)]
+        return demo.scored_prompt_rows()
     if prompt_set == "validation":
         return [{"id": f"val_{index:02d}", "prompt": combination.caption(), "seed": VALIDATION_SEED_OFFSET + index}
                 for index, combination in enumerate(synthetic_prompts.validation_combinations())]

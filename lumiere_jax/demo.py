@@ -130,10 +130,15 @@ def clip_id(index: int) -> str:
     return f"t2v_{index:02d}"
 
 
+def scored_prompt_rows() -> list[dict]:
+    """The sampling job's rows of the scored text-to-video prompts: prompt i gets id `clip_id(i)` and seed i."""
+    return [{"id": clip_id(index), "prompt": combination.caption(), "seed": index}
+            for index, combination in enumerate(SCORED)]
+
+
 def write_prompt_files(out_dir: str, condition: dict[str, str]) -> tuple[str, str, str]:
     """(all scored text-to-video rows, the first SSR_SHOWN_PROMPTS of them, the conditional rows) as JSONL."""
-    text_rows = [{"id": clip_id(index), "prompt": combination.caption(), "seed": index}
-                 for index, combination in enumerate(SCORED)]
+    text_rows = scored_prompt_rows()
     moving = condition["caption"].replace(" on a ", " moving quickly to the right on a ", 1)
     conditional_rows = [
         {"id": "i2v_0", "mode": "i2v", "prompt": moving, "image": condition["image"], "seed": 10},

@@ -61,6 +61,8 @@ def dynamic_threshold(x0: jax.Array, percentile: float = 99.5, max_scale: float 
     """
     if not 0.0 <= percentile <= 100.0:
         raise ValueError(f"percentile={percentile} must lie in [0, 100] (Imagen uses 99.5)")
+    if max_scale == 1.0:  # the scale is 1 whatever the percentile: no sort of the clip
+        return jnp.clip(x0, -1.0, 1.0)
     # |x0| is materialised for the percentile's sort with the last two axes folded, `[B, rows, W * C]`: in x0's
     # own shape a TPU pads the minor `[W, 3]` to (8, 128) tiles, 40x the array (a 1024x1024 clip: 40 GiB).
     folded = x0.reshape(x0.shape[0], -1, x0.shape[-2] * x0.shape[-1]) if x0.ndim >= 3 else x0[:, None]
