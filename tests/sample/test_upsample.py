@@ -23,15 +23,16 @@ def run_upsample(tmp_path, tiny_models, low_res, prompts, name, *gin_lines):
 
 
 def test_upsamples_each_clip_on_its_own(tmp_path, tiny_models):
-    low_res = np.random.default_rng(0).uniform(-1, 1, (4, NUM_FRAMES, SIZE, SIZE, 3)).astype(np.float32)
+    """Odd batch sizes too: 1 and 3 crashed XLA's CPU compiler on the branch that added this job (8606615,
+    jaxlib 0.10.2, a segmentation fault); they compile since its merge (4b95481)."""
+    low_res = np.random.default_rng(0).uniform(-1, 1, (3, NUM_FRAMES, SIZE, SIZE, 3)).astype(np.float32)
     prompts = ["a red circle moving quickly up on a blue background", "a green square on a white background",
-               "a black diamond standing still on a cyan background", "a white square on a red background"]
-    video = run_upsample(tmp_path, tiny_models, low_res, prompts, "four")
-    assert video.shape == (4, NUM_FRAMES, SSR_SIZE, SSR_SIZE, 3) and video.dtype == np.float32
+               "a black diamond standing still on a cyan background"]
+    video = run_upsample(tmp_path, tiny_models, low_res, prompts, "three")
+    assert video.shape == (3, NUM_FRAMES, SSR_SIZE, SSR_SIZE, 3) and video.dtype == np.float32
     assert np.all(np.abs(video) <= 1.0) and not np.allclose(video[0], video[1])
-    # Odd batch sizes (1, 3) crash XLA's CPU compiler here (segmentation fault, jaxlib 0.10.2).
-    pair = run_upsample(tmp_path, tiny_models, low_res[:2], prompts[:2], "pair")
-    np.testing.assert_allclose(pair, video[:2], atol=1e-5)
+    one = run_upsample(tmp_path, tiny_models, low_res[:1], prompts[:1], "one")
+    np.testing.assert_allclose(one, video[:1], atol=1e-5)
 
 
 def test_weights_trained_as_another_prediction_target_are_refused(tmp_path, tiny_models):
