@@ -52,6 +52,10 @@ class TemporalConfig:
       spatial_kernel_size: k of the k x k spatial convolution in the (2+1)D blocks.
       attention_blocks: temporal self-attention blocks stacked after each pretrained block at the coarsest level.
       attention_heads: heads of the temporal self-attention.
+      text_cross_attention: each temporal block at a cross-attention level is followed by a trained,
+        zero-initialised cross-attention from the clip's pixels to the text tokens (our option, off in the
+        presets: the paper's temporal blocks see only the frozen T2I features). The tiny demo's T2I is trained on
+        still frames whose captions have no motion words, so its frozen features cannot carry a direction.
     """
 
     num_frames: int = 8
@@ -60,6 +64,7 @@ class TemporalConfig:
     spatial_kernel_size: int = 3
     attention_blocks: int = 2
     attention_heads: int = 4
+    text_cross_attention: bool = False
 
 
 @gin.configurable

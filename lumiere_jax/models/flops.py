@@ -164,13 +164,17 @@ def model_flops(config: UNetConfig, batch_size: int, num_frames: int | None = No
             for j in range(temporal.attention_blocks):
                 grad |= _attention(tally, f"{prefix}_temporal_attention_{index}_{j}/attention",
                                    batch_size * pixels(level), frames, frames, channels, channels, grad, grad)
-            return grad
-        path = f"{prefix}_temporal_conv_{index}"
-        spatial = rows * same(level, temporal.spatial_kernel_size) * channels * channels
-        hidden = tally.weighted(f"{path}/spatial_conv", spatial, grad)
-        temporal_macs = (batch_size * pixels(level) * frame_taps(frames, temporal.conv_kernel_size)
-                         * channels * channels)
-        return tally.weighted(f"{path}/temporal_conv", temporal_macs, hidden) or grad
+        else:
+            path = f"{prefix}_temporal_conv_{index}"
+            spatial = rows * same(level, temporal.spatial_kernel_size) * channels * channels
+            hidden = tally.weighted(f"{path}/spatial_conv", spatial, grad)
+            temporal_macs = (batch_size * pixels(level) * frame_taps(frames, temporal.conv_kernel_size)
+                             * channels * channels)
+            grad = tally.weighted(f"{path}/temporal_conv", temporal_macs, hidden) or grad
+        if temporal.text_cross_attention and level in config.cross_attention_levels:
+            grad |= _attention(tally, f"{prefix}_temporal_cross_attention_{index}/attention", batch_size,
+                               frames * pixels(level), config.text_length + 1, channels, embed, grad, tokens_grad)
+        return grad
 
     in_channels = config.in_channels + config.low_res_channels
     grad = tally.weighted("input_conv", batch_size * level_frames[0] * same(0) * in_channels

@@ -228,10 +228,12 @@ class CrossAttentionBlock(nn.Module):
 
     `x: [B*T, H, W, C]` (T = 1 for images), `text_tokens: [B, L, E]`, `text_mask: [B, L]`. The T frames of a
     clip share the clip's text, so queries are regrouped to `[B, T*H*W, C]` rather than copying the text T times.
+    `zero_init_output=True`: the block is the identity at init (a new temporal block).
     """
 
     num_heads: int
     norm_groups: int
+    zero_init_output: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -241,6 +243,7 @@ class CrossAttentionBlock(nn.Module):
         batch = text_tokens.shape[0]
         channels = x.shape[-1]
         queries = group_norm(self.norm_groups, name="norm", **kw)(x).reshape(batch, -1, channels)
-        attention = MultiHeadAttention(self.num_heads, null_token=True, name="attention", **kw)
+        attention = MultiHeadAttention(self.num_heads, null_token=True, zero_init_output=self.zero_init_output,
+                                       name="attention", **kw)
         attended = attention(queries, text_tokens, text_mask)
         return constrain_image(x + attended.reshape(x.shape))

@@ -27,6 +27,7 @@ Temporal additions (video configs; every name contains "temporal"):
   {down_{l},up_{l}}_temporal_conv_{i}/{norm_0, spatial_conv, norm_1, temporal_conv}  (l < n-1)
   {down_{n-1},middle,up_{n-1}}_temporal_attention_{i}_{j}/{norm, attention/...}      (j < attention_blocks)
   down_{l}_temporal_downsample/conv (l < n-1), up_{l}_temporal_upsample/conv (l > 0)  (resampling=True only)
+  {prefix}_temporal_cross_attention_{i}/{norm, attention/...}   (text_cross_attention=True, l in cross_attention_levels)
 Each temporal block follows the pretrained block (res + attention) with the same prefix and index.
 """
 
@@ -166,8 +167,9 @@ class UNet(nn.Module):
                 h = checkpoint_name(h, remat_lib.BLOCK_OUTPUT)
             return h
 
-        def temporal_block(module, h, prefix: str, level: int, index: int):
-            """Paper Fig. 4: (2+1)D conv after pretrained blocks above the coarsest level, stacked attention at it."""
+        def temporal_block(module, h, text_tokens, text_mask, prefix: str, level: int, index: int):
+            """Paper Fig. 4: (2+1)D conv after pretrained blocks above the coarsest level, stacked attention at it;
+            then, with `TemporalConfig.text_cross_attention`, a trained cross-attention to the text."""
             if not video:
                 return h
             temporal = config.temporal
@@ -180,11 +182,17 @@ class UNet(nn.Module):
             else:
                 clip = SpaceTimeConvBlock(config.norm_groups, temporal.spatial_kernel_size, temporal.conv_kernel_size,
                                           name=f"{prefix}_temporal_conv_{index}", parent=module, **kw)(clip)
-            return frames_to_batch(clip)
+            h = frames_to_batch(clip)
+            if temporal.text_cross_attention and level in config.cross_attention_levels:
+                h = CrossAttentionBlock(config.num_heads, config.norm_groups, zero_init_output=True, parent=module,
+                                        name=f"{prefix}_temporal_cross_attention_{index}", **kw)(
+                                            h, text_tokens, text_mask)
+                h = checkpoint_name(h, remat_lib.BLOCK_OUTPUT)
+            return h
 
         def unit(module, h, cond, text_tokens, text_mask, prefix: str, level: int, index: int):
             h = pretrained_block(module, h, cond, text_tokens, text_mask, prefix, level, index)
-            return temporal_block(module, h, prefix, level, index)
+            return temporal_block(module, h, text_tokens, text_mask, prefix, level, index)
 
         # The remat unit (models/remat.py); submodules name `module` as parent, so parameter paths do not change.
         if config.remat != "none":

@@ -163,3 +163,29 @@ def test_t2i_inflates_into_a_conditional_stunet_through_the_one_leaf_rule(unet_h
 
     with pytest.raises(ValueError, match=r"output_conv/kernel: source shape \(3, 3, 16, 3\) cannot become"):
         inflate_leaf("output_conv/kernel", jnp.zeros((3, 3, 16, 3)), (3, 3, 17, 3))
+
+
+def test_temporal_text_cross_attention_starts_as_identity_and_trains(unet_helpers):
+    """`TemporalConfig.text_cross_attention`: one trained cross-attention per temporal block at each
+    cross-attention level; with its zero-initialised output it is the STUNet without it."""
+    h = unet_helpers
+    plain = h.TEST_STUNET
+    config = dataclasses.replace(plain, temporal=dataclasses.replace(plain.temporal, text_cross_attention=True))
+    params = _random_tree(h, config, seed=11)
+    added = sorted(name for name in params if "temporal_cross_attention" in name)
+    assert added == ["down_0_temporal_cross_attention_0", "down_1_temporal_cross_attention_0",
+                     "middle_temporal_cross_attention_0", "middle_temporal_cross_attention_1",
+                     "up_0_temporal_cross_attention_0", "up_0_temporal_cross_attention_1",
+                     "up_1_temporal_cross_attention_0", "up_1_temporal_cross_attention_1"]
+    flat_mask = traverse_util.flatten_dict(trainable_mask(params))
+    assert all(flat_mask[path] for path in flat_mask if "temporal_cross_attention" in path[0])
+
+    def with_output(value):
+        return {name: (dict(tree, attention=dict(tree["attention"], output=jax.tree.map(
+            lambda leaf: jnp.full_like(leaf, value), tree["attention"]["output"])))
+            if name in added else tree) for name, tree in params.items()}
+
+    inputs = h.random_inputs(plain, batch_size=2, video=True)
+    without = np.asarray(h.forward(plain, {name: tree for name, tree in params.items() if name not in added}, inputs))
+    np.testing.assert_allclose(np.asarray(h.forward(config, with_output(0.0), inputs)), without, rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(h.forward(config, with_output(0.05), inputs)) - without).max() > 1e-3
