@@ -65,8 +65,11 @@ class DemoSteps:
 # The image SR is cheap per step (~2 steps/s); with runs/demo_sr.gin's upsample-residual model, 750 steps put its
 # samples above bilinear upsampling (BENCHMARKS.md 6). Its sampler takes 4 steps: with this briefly trained model
 # fewer steps come closer to the truth (32.3 dB at 8 steps, 33.0 at 4). The SSR's temporal layers and the
-# conditional fine-tune get just enough steps to show the pipeline.
-FULL = DemoSteps(frames=8, t2i=2000, stunet=300, image_sr=750, ssr=60, conditional=60, base_sampling=32,
+# conditional fine-tune get just enough steps to show the pipeline. The STUNet's new layers start at zero (or as
+# nearest-neighbour resampling) and train at twice cpu_tiny.gin's rate: 600 steps at 1e-3 with temporal
+# cross-attention to the text beat 600 at 1e-3 without it and 300 at 5e-4 (held-out loss and colour, BENCHMARKS.md 6).
+STUNET_LEARNING_RATE = 1e-3
+FULL = DemoSteps(frames=8, t2i=2000, stunet=600, image_sr=750, ssr=60, conditional=60, base_sampling=32,
                  ssr_sampling=4)
 QUICK = DemoSteps(frames=8, t2i=40, stunet=20, image_sr=10, ssr=10, conditional=10, base_sampling=6, ssr_sampling=3)
 
@@ -104,8 +107,11 @@ def train_command(run_file: str, model_dir: str, steps: int, data_dir: str, extr
 
 
 def video_stage_bindings(frames: int, prefix: str = "") -> list[str]:
-    """The base STUNet's clip length (the tiny preset builds for 8 frames)."""
-    return [f"--gin_bindings={prefix}unet_adapter.temporal_overrides = {{'num_frames': {frames}}}"]
+    """The base STUNet's clip length (the tiny preset builds for 8 frames) and its temporal cross-attention to
+    the text (`TemporalConfig.text_cross_attention`: the demo's T2I learns from still frames whose captions have
+    no motion words, so its frozen features cannot carry a direction; BENCHMARKS.md 6)."""
+    overrides = f"{{'num_frames': {frames}, 'text_cross_attention': True}}"
+    return [f"--gin_bindings={prefix}unet_adapter.temporal_overrides = {overrides}"]
 
 
 def write_condition_inputs(out_dir: str) -> dict[str, str]:
@@ -342,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run(train_command("pretrain_t2i.gin", runs["t2i"], steps.t2i, data_dir, []), "1_pretrain_t2i", out_dir)
     run(train_command("train_stunet.gin", runs["stunet"], steps.stunet, data_dir,
-                      [f"--gin.T2I_CHECKPOINT={runs['t2i']}", *video_stage_bindings(steps.frames)]),
+                      [f"--gin.T2I_CHECKPOINT={runs['t2i']}", *video_stage_bindings(steps.frames),
+                       f"--gin.OptimizerConfig.learning_rate={STUNET_LEARNING_RATE}"]),
         "2_train_stunet", out_dir)
     sr_data = ["--gin_file=runs/demo_sr.gin"]
     run(train_command("pretrain_sr.gin", runs["sr"], steps.image_sr, data_dir, sr_data), "3_pretrain_sr", out_dir)
