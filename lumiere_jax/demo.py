@@ -67,7 +67,8 @@ class DemoSteps:
 # fewer steps come closer to the truth (32.3 dB at 8 steps, 33.0 at 4). The SSR's temporal layers and the
 # conditional fine-tune get just enough steps to show the pipeline. The STUNet's new layers start at zero (or as
 # nearest-neighbour resampling) and train at twice cpu_tiny.gin's rate: 600 steps at 1e-3 with temporal
-# cross-attention to the text beat 600 at 1e-3 without it and 300 at 5e-4 (held-out loss and colour, BENCHMARKS.md 6).
+# cross-attention to the text reach a lower held-out loss than 600 at 1e-3 without it or 300 at 5e-4, and score
+# as well or better in every column on the validation prompts (BENCHMARKS.md 6).
 STUNET_LEARNING_RATE = 1e-3
 FULL = DemoSteps(frames=8, t2i=2000, stunet=600, image_sr=750, ssr=60, conditional=60, base_sampling=32,
                  ssr_sampling=4)
