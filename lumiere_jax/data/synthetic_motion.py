@@ -58,19 +58,21 @@ BUILDER_CONFIGS = [
 ]
 
 
-def draw_scene(config: SyntheticMotionConfig, split: str, index: int) -> synthetic_render.Scene:
-    """The scene of example `index` of `split`; train scenes are redrawn until not a held-out combination."""
+def draw_scene(config: SyntheticMotionConfig, split: str, index: int,
+               hold_out: bool = True) -> synthetic_render.Scene:
+    """The scene of example `index` of `split`; with `hold_out` (version 1.1.0 on), train scenes are redrawn
+    until not a held-out combination."""
     rng = np.random.default_rng((config.seed, _SPLIT_INDEX[split], index))
     num_frames = 1 if config.image else config.num_frames
     while True:
         scene = synthetic_render.sample_scene(rng, num_frames, config.height, config.width, still=config.image)
-        if split != "train" or not synthetic_prompts.is_held_out(scene):
+        if not hold_out or split != "train" or not synthetic_prompts.is_held_out(scene):
             return scene
 
 
-def generate_example(config: SyntheticMotionConfig, split: str, index: int) -> dict:
+def generate_example(config: SyntheticMotionConfig, split: str, index: int, hold_out: bool = True) -> dict:
     """Renders example `index` of `split` as a tfds feature dict (a pure function of its arguments)."""
-    scene = draw_scene(config, split, index)
+    scene = draw_scene(config, split, index, hold_out)
     frames = synthetic_render.render(scene, config.height, config.width)
     example = {
         "caption": synthetic_render.caption(scene, include_motion=not config.image),
@@ -132,5 +134,7 @@ class SyntheticMotion(tfds.core.GeneratorBasedBuilder):
         }
 
     def _generate_examples(self, split: str, num_examples: int):
+        # A subclass with VERSION 1.0.0 renders that version's files (tests/train/test_legacy_checkpoint.py).
+        hold_out = self.version >= tfds.core.Version("1.1.0")
         for index in range(num_examples):
-            yield index, generate_example(self.builder_config, split, index)
+            yield index, generate_example(self.builder_config, split, index, hold_out)
