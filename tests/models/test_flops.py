@@ -66,7 +66,7 @@ def test_a_single_conv_and_attention_block_match_xla():
 _TINY_STUNET = model_config.stunet_config("tiny")
 TINY_CASES = [
     ("t2i", model_config.t2i_config("tiny"), None),
-    ("stunet", model_config.stunet_config("tiny"), 8),
+    ("stunet", _TINY_STUNET, 8),
     ("ssr", model_config.ssr_config("tiny"), 4),
     ("stunet_text_cross_attention", dataclasses.replace(_TINY_STUNET, temporal=dataclasses.replace(
         _TINY_STUNET.temporal, text_cross_attention=True)), 8),
