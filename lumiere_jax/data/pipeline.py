@@ -177,6 +177,10 @@ def make_dataset(
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_symbolic_checkpoint = not config.cache_in_memory
+    # No autotuning thread: deleting an iterator waits for that thread's current sleep (up to a minute), so
+    # every job exited, and every validation iterator was dropped, up to a minute late. AUTOTUNE maps then run
+    # at the default parallelism; the pipeline keeps far ahead of the step without tuning (BENCHMARKS.md 5).
+    options.autotune.enabled = False
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
