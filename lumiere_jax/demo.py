@@ -64,7 +64,7 @@ class DemoSteps:
 # one, BENCHMARKS.md 6; the quick one a few minutes). The T2I stage gets most steps: its held-out loss is still
 # falling at 2000 and text only starts to steer it after ~1500 (measured). The image SR is cheap per step (2-4
 # steps/s); with runs/demo_sr.gin's upsample-residual model, 750 steps put its samples above bilinear upsampling
-# (400 did not: 5 of 8 clips, BENCHMARKS.md 6). Its sampler takes 4 steps: with this
+# (400, with 20 SSR steps, did not: closer on 5 of 8 clips; BENCHMARKS.md 6). Its sampler takes 4 steps: with this
 # briefly trained model fewer steps come closer to the truth (32.3 dB at 8 steps, 33.0 at 4). The SSR's temporal
 # layers and the conditional fine-tune get just enough steps to show the pipeline (the SSR check scores the same
 # after 40 SSR steps as after 60: 33.9 dB). The STUNet's new layers start at zero (or as nearest-neighbour
