@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import (compiled_cost, cost_report, demo_sampling, fake_devices, long_video, memory_scaling,
-                        minimal_step, solvers, step_profile)
+from benchmarks import (compiled_cost, cost_report, demo_sampling, direction_gap, fake_devices, long_video,
+                        memory_scaling, minimal_step, solvers, step_profile)
 from lumiere_jax.data import synthetic_render
 from lumiere_jax.evaluate import synthetic_quality
 from lumiere_jax.models import config as config_lib
@@ -236,3 +236,26 @@ def test_demo_sampling_prompt_sets_share_no_prompt_or_seed_and_settings_name_the
     assert demo_sampling.setting_flags(5, "static")[-1] == "--gin.SamplingConfig.threshold_max_scale=1.0"
     with pytest.raises(ValueError, match="unknown thresholding"):
         demo_sampling.setting_flags(5, "percentile")
+
+
+_OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_direction_gap_clips_move_as_captioned_and_reverse_to_the_opposite(stride):
+    clips, captions, held = direction_gap.ordered_clips(32, 8, stride, copies=1)
+    assert clips.shape == (16, 8, 32, 32, 3) and len(captions) == 16 and held.sum() == 8
+    for clip, caption in zip(clips, captions):
+        motion = next(word for word in ("left", "right", "up", "down") if f" {word} " in f" {caption} ")
+        assert synthetic_quality.analyse_video(clip).motion == motion
+        assert synthetic_quality.analyse_video(clip[::-1]).motion == _OPPOSITE[motion]
+    with pytest.raises(ValueError, match="do not fit"):
+        direction_gap.ordered_clips(32, 8, 3, copies=1)
+
+
+def test_direction_gap_summary():
+    in_order, reversed_ = np.array([1.0, 2.0, 4.0, 1.0]), np.array([1.5, 2.0, 3.0, 1.2])
+    gaps = direction_gap.relative_gaps(in_order, reversed_)
+    np.testing.assert_allclose(gaps, [0.5, 0.0, -0.25, 0.2])
+    numbers = direction_gap.summary(gaps, np.array([True, True, False, False]))
+    assert numbers == pytest.approx({"all": 11.25, "held_out": 25.0, "seen": -2.5, "positive": 0.5})
