@@ -36,11 +36,11 @@ def ordered_clips(size: int, frames: int, stride: int, copies: int) -> tuple[np.
     if stride < 1 or (frames - 1) * stride + 1 > CLIP_FRAMES:
         raise ValueError(f"--stride {stride}: {frames} frames at that stride do not fit a {CLIP_FRAMES}-frame clip")
     held_out = synthetic_prompts.held_out_combinations()
+    span = (frames - 1) * stride + 1
     clips, captions, held = [], [], []
     for copy in range(copies):
         for index, combination in enumerate(synthetic_prompts.scored_combinations()):
             rng = np.random.default_rng((SEED, copy, index))
-            span = (frames - 1) * stride + 1
             clip = synthetic_prompts.render_window(combination, CLIP_FRAMES, size, size, span, rng)
             clips.append(clip[::stride])
             captions.append(combination.caption())
@@ -68,25 +68,21 @@ def per_clip_losses(runs: str, checkpoint: str, clips: np.ndarray, captions: lis
 
     from lumiere_jax.data import vocab  # noqa: PLC0415
     from lumiere_jax.diffusion import losses  # noqa: PLC0415
-    from lumiere_jax.sample import cli, job, weights  # noqa: PLC0415
     from lumiere_jax.parallel import mesh as mesh_lib  # noqa: PLC0415
+    from lumiere_jax.sample import cli, conditions, job  # noqa: PLC0415
     from lumiere_jax.stages import text as text_lib  # noqa: PLC0415
     from lumiere_jax.stages.adapter import ModelInputs  # noqa: PLC0415
 
     flags = demo.sampling_flags("unused", "unused", "stunet", checkpoint, os.path.join(runs, "ssr"), demo.FULL)
     cli.configure_gin(cli.parse_args([*flags, *(f"--gin.{binding}" for binding in extra_gin)], "direction_gap", ""))
-    adapter = job.ModelsConfig().base_adapter
+    adapter, text = job.ModelsConfig().base_adapter, job.TextConfig()
     mesh_config = mesh_lib.MeshConfig()
     mesh = mesh_config.make_mesh()
     with mesh_lib.mesh_context(mesh, mesh_config.rules):
-        params, _ = weights.load_params(checkpoint, weights.abstract_params(adapter, mesh, mesh_config.rules),
-                                        True, adapter.name)
-        text_params = text_lib.load_text_encoder_params(adapter.text_encoder, job.TextConfig().text_encoder_params_fn,
-                                                        job.TextConfig().train_seed, mesh, mesh_config.rules)[0]
-    tokens, mask = vocab.tokenize(captions, vocab.get_vocabulary(job.TextConfig().sentencepiece_model),
-                                  adapter.text_length)
-    embeddings, mask = text_lib.encode_text(adapter, text_params, jnp.asarray(tokens), jnp.asarray(mask))
-    x0 = jnp.asarray(clips, jnp.float32) / 127.5 - 1.0  # [N, T, H, W, 3]
+        stage = job.load_stage(adapter, checkpoint, True, text, mesh, mesh_config.rules)
+    tokens, mask = vocab.tokenize(captions, vocab.get_vocabulary(text.sentencepiece_model), adapter.text_length)
+    embeddings, mask = text_lib.encode_text(adapter, stage.text_encoder_params, jnp.asarray(tokens), jnp.asarray(mask))
+    x0 = jnp.asarray(conditions.to_unit_range(clips))  # [N, T, H, W, 3]
 
     @jax.jit
     def losses_at(logsnr, key):  # -> [2, N]: in order, reversed; the same noise for both
@@ -95,7 +91,7 @@ def per_clip_losses(runs: str, checkpoint: str, clips: np.ndarray, captions: lis
         out = []
         for video in (x0, x0[:, ::-1]):
             z = losses.noisy_sample(video, eps, snr)
-            prediction = adapter.apply(params, z, snr, ModelInputs(x0=video), embeddings, mask, None, False)
+            prediction = adapter.apply(stage.params, z, snr, ModelInputs(x0=video), embeddings, mask, None, False)
             out.append(losses.per_example_loss(prediction, video, eps, snr, adapter.parameterization))
         return jnp.stack(out)
 

@@ -33,8 +33,6 @@ from lumiere_jax.sample import applications
 from lumiere_jax.sample import conditions
 from lumiere_jax.sample import job
 from lumiere_jax.sample import ssr as ssr_stage
-from lumiere_jax.sample import weights
-from lumiere_jax.stages import text as text_lib
 
 LEVELS = (0.02, 0.1, 0.3, 0.6, 0.9)  # sampler times t of the SSR's own schedule
 PLACEHOLDERS = ("BASE_CHECKPOINT='unused'", "PROMPTS='unused'", "OUTPUT_DIR='unused'")
@@ -59,13 +57,9 @@ def x0_psnr_by_level(num_clips: int, levels: tuple[float, ...], guidance_weights
     result = {"bilinear": mean_psnr(upsampling.bilinear_upsample(low_res, height), truth), "levels": {}}
     device_mesh = mesh.make_mesh()
     with mesh_lib.mesh_context(device_mesh, mesh.rules):
-        params, _ = weights.load_params(models.ssr_checkpoint, weights.abstract_params(
-            adapter, device_mesh, mesh.rules), models.use_ema)
-        text_params, _ = text_lib.load_text_encoder_params(adapter.text_encoder, text.text_encoder_params_fn,
-                                                           text.train_seed, device_mesh, mesh.rules)
+        stage = job.load_stage(adapter, models.ssr_checkpoint, models.use_ema, text, device_mesh, mesh.rules)
         tokens, mask = vocab.tokenize(prompts, vocab.get_vocabulary(text.sentencepiece_model), adapter.text_length)
         batch = {"ssr_tokens": jnp.asarray(tokens), "ssr_text_mask": jnp.asarray(mask)}
-        stage = applications.Stage(adapter, params, text_params)
         schedule = models.ssr_diffusion.schedule_fn
         eps = jax.random.normal(jax.random.key(seed), truth.shape)
 

@@ -104,6 +104,16 @@ class TextConfig:
     sentencepiece_model: str | None = None
 
 
+def load_stage(adapter: adapter_lib.ModelAdapter, checkpoint: str, use_ema: bool, text: TextConfig,
+               mesh: jax.sharding.Mesh, rules) -> applications.Stage:
+    """One model's weights from `checkpoint` (refusing weights trained as another prediction target) and its frozen
+    text encoder's, on `mesh` (call inside its mesh context)."""
+    params, _ = weights.load_params(checkpoint, weights.abstract_params(adapter, mesh, rules), use_ema, adapter.name)
+    text_params, _ = text_lib.load_text_encoder_params(adapter.text_encoder, text.text_encoder_params_fn,
+                                                       text.train_seed, mesh, rules)
+    return applications.Stage(adapter, params, text_params)
+
+
 @dataclasses.dataclass
 class JobResult:
     """What a run did: rows of this shard, rows skipped as already finished, rows generated, seconds."""

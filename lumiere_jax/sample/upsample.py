@@ -29,8 +29,6 @@ from lumiere_jax.sample import applications
 from lumiere_jax.sample import cli
 from lumiere_jax.sample import job
 from lumiere_jax.sample import ssr as ssr_stage
-from lumiere_jax.sample import weights
-from lumiere_jax.stages import text as text_lib
 
 if __name__ == "__main__":
     # Run as `python -m`: hand over to the module imported under its own name, so that gin registers
@@ -58,11 +56,7 @@ def upsample_clips(
         low_res, prompts = arrays["low_res"].astype(np.float32), [str(prompt) for prompt in arrays["prompts"]]
     device_mesh = mesh.make_mesh()
     with mesh_lib.mesh_context(device_mesh, mesh.rules):
-        params, _ = weights.load_params(models.ssr_checkpoint,
-                                        weights.abstract_params(adapter, device_mesh, mesh.rules), models.use_ema,
-                                        adapter.name)
-        text_params, _ = text_lib.load_text_encoder_params(adapter.text_encoder, text.text_encoder_params_fn,
-                                                           text.train_seed, device_mesh, mesh.rules)
+        stage = job.load_stage(adapter, models.ssr_checkpoint, models.use_ema, text, device_mesh, mesh.rules)
         tokens, mask = vocab.tokenize(prompts, vocab.get_vocabulary(text.sentencepiece_model), adapter.text_length)
         keys = jax.vmap(jax.random.key_data)(jax.vmap(jax.random.key)(jnp.arange(len(prompts)) + seed))
 
@@ -70,7 +64,7 @@ def upsample_clips(
             stage = applications.Stage(adapter, params, text_params)
             return ssr_stage.upsample_ssr(stage, low_res, batch, models.ssr_diffusion.schedule_fn, sampling)
 
-        video = jax.jit(upsample)(params, text_params, jnp.asarray(low_res),
+        video = jax.jit(upsample)(stage.params, stage.text_encoder_params, jnp.asarray(low_res),
                                   {"keys": keys, "ssr_tokens": jnp.asarray(tokens), "ssr_text_mask": jnp.asarray(mask)})
         video = np.asarray(video, np.float32)
     buffer = io.BytesIO()
