@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import (compiled_cost, cost_report, demo_sampling, direction_gap, fake_devices, long_video,
-                        memory_scaling, minimal_step, solvers, step_profile)
+from benchmarks import (compiled_cost, conv_ceiling, cost_report, demo_sampling, direction_gap, fake_devices,
+                        long_video, memory_scaling, minimal_step, solvers, step_profile)
 from lumiere_jax.data import synthetic_render
 from lumiere_jax.evaluate import caption_parser
 from lumiere_jax.evaluate import synthetic_quality
@@ -227,6 +227,26 @@ def test_step_profile_tells_convolution_kinds_apart_in_compiled_hlo():
     assert {"conv forward", "conv input gradient", "conv weight gradient"} <= kinds
     text = 'metadata={op_name="jit(_train_step)/transpose(jvp(UNet))/up_0_res_1/conv_0/conv_general_dilated"}'
     assert step_profile.layer_of(text) == "up_res/conv"
+
+
+def test_conv_ceiling_finds_each_convolution_of_a_gradient_with_its_kind_and_flops():
+    """The jaxpr of a conv's gradient, under jit, holds one forward, one input-gradient and one weight-gradient
+    convolution; each, compiled alone, costs XLA's count of the 3x3 convolution (2 x C_in x C_out FLOPs per tap
+    inside the 16x16 image: (3 x 16 - 2)^2 taps per image, the zero padding skipped) and returns the size of what
+    it differentiates or computes."""
+    def loss(kernel, image):  # image: [2, 16, 16, 4], kernel: [3, 3, 4, 8]
+        out = jax.lax.conv_general_dilated(image, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return (out ** 2).sum()
+
+    kernel, image = jax.ShapeDtypeStruct((3, 3, 4, 8), np.float32), jax.ShapeDtypeStruct((2, 16, 16, 4), np.float32)
+    found = conv_ceiling.step_convolutions(jax.jit(jax.grad(loss, argnums=(0, 1))), (kernel, image))
+    assert sorted(conv.kind for conv in found.elements()) == ["forward", "input gradient", "weight gradient"]
+    for convolution in found:
+        call, flops = convolution.call()
+        assert flops == 2 * 2 * (3 * 16 - 2) ** 2 * 4 * 8
+        expected = {"forward": (2, 16, 16, 8), "input gradient": (2, 16, 16, 4), "weight gradient": (3, 3, 4, 8)}
+        assert np.asarray(call()).shape == expected[convolution.kind]
+    assert conv_ceiling.ceiling_ratio(100.0, 2.0, 100.0) == 0.5
 
 
 def test_demo_sampling_prompt_sets_share_no_prompt_or_seed_and_settings_name_the_threshold():
