@@ -25,7 +25,7 @@ import time
 import jax
 from jax import lax
 
-from benchmarks import matmul_peak, minimal_step, train_step
+from benchmarks import matmul_peak, minimal_step, model_flops, train_step
 from lumiere_jax.parallel import mesh as mesh_lib
 
 KINDS = ("forward", "input gradient", "weight gradient")
@@ -48,10 +48,8 @@ class Convolution:
         lhs = jax.random.normal(key_lhs, self.lhs.shape, self.lhs.dtype)
         rhs = jax.random.normal(key_rhs, self.rhs.shape, self.rhs.dtype)
         compiled = jitted.lower(lhs, rhs).compile()
-        cost = compiled.cost_analysis()
-        flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
         jax.block_until_ready(compiled(lhs, rhs))
-        return (lambda: compiled(lhs, rhs)), flops
+        return (lambda: compiled(lhs, rhs)), model_flops.compiled_flops(compiled)
 
 
 def conv_kind(name_stack: str, lhs_spatial: tuple[int, ...], out_spatial: tuple[int, ...]) -> str:
@@ -125,8 +123,7 @@ def ceiling(size: str, stage: str, base_channels: int | None, repeats: int) -> d
             seconds, cpu_seconds = _best_seconds(call, 2)
             peak, peak_cpu = max(peak, flops / seconds), max(peak_cpu, flops / cpu_seconds)
     with mesh_lib.mesh_context(mesh):
-        cost = setup.jitted().lower(*setup.args).compile().cost_analysis()
-    step_flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+        step_flops = model_flops.compiled_flops(setup.jitted().lower(*setup.args).compile())
     return dict(per_kind=per_kind, rows=rows, step_flops=step_flops, matmul_peak=peak, matmul_peak_cpu=peak_cpu)
 
 

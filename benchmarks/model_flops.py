@@ -19,9 +19,14 @@ from lumiere_jax.models import param_paths
 from lumiere_jax.models.unet import UNet, example_inputs
 
 
-def xla_flops(fn, *args) -> float:
-    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+def compiled_flops(compiled) -> float:
+    """FLOPs of a compiled program by XLA's cost analysis (a dict, or a one-element list of it on some versions)."""
+    cost = compiled.cost_analysis()
     return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+
+
+def xla_flops(fn, *args) -> float:
+    return compiled_flops(jax.jit(fn).lower(*args).compile())
 
 
 def compare(size: str, batch_size: int) -> dict[str, tuple[float, float]]:

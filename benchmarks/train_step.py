@@ -23,7 +23,7 @@ import time
 
 import jax
 
-from benchmarks import matmul_peak, minimal_step
+from benchmarks import matmul_peak, minimal_step, model_flops
 from lumiere_jax.models import config as config_lib
 from lumiere_jax.parallel import mesh as mesh_lib
 
@@ -47,8 +47,7 @@ def benchmark(size: str, stage: str, dtype: str, repeats: int, base_channels: in
     with mesh_lib.mesh_context(mesh):
         compiled = setup.jitted().lower(*setup.args).compile()
     compile_seconds = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+    flops = model_flops.compiled_flops(compiled)
 
     state = list(setup.concrete_args())  # trainable, frozen, opt_state, batch, rng
 
