@@ -44,27 +44,6 @@ def sample_frames(dataset: tf.data.Dataset, num_frames: int, frame_stride: int =
     return _sample_frames(dataset, num_frames=num_frames, frame_stride=frame_stride)
 
 
-@seqio.map_over_dataset(num_seeds=1)
-def _random_time_reversal(example, seed, caption_rewrites: tuple, key: str, caption_key: str):
-    reverse = tf.random.stateless_uniform([], seed) < 0.5
-    caption = example[caption_key]
-    rewritten = caption
-    for pattern, rewrite in caption_rewrites:
-        rewritten = tf.strings.regex_replace(rewritten, pattern, rewrite)
-    return {**example,
-            key: tf.cond(reverse, lambda: tf.reverse(example[key], axis=[0]), lambda: example[key]),
-            caption_key: tf.where(reverse, rewritten, caption)}
-
-
-def random_time_reversal(
-    dataset: tf.data.Dataset, caption_rewrites: tuple[tuple[str, str], ...], key: str = "video",
-    caption_key: str = "text_tokens",
-) -> tf.data.Dataset:
-    """Plays half the clips backwards and rewrites their captions to match (RE2 `(pattern, rewrite)` pairs applied
-    in order, e.g. "left" <-> "right"): a label-preserving augmentation where every motion has an opposite."""
-    return _random_time_reversal(dataset, caption_rewrites=tuple(caption_rewrites), key=key, caption_key=caption_key)
-
-
 def _crop_and_resize(frames: tf.Tensor, seed: tf.Tensor, height: int, width: int,
                      min_scale: float) -> tf.Tensor:
     """frames [N, h, w, 3] -> [N, height, width, 3]: one random crop of the target aspect ratio

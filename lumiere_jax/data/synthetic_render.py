@@ -57,18 +57,6 @@ _MOTION_PHRASES: dict[str, str] = {
     "counterclockwise": "circling {speed} counterclockwise",
     "still": "standing still",
 }
-# A clip played backwards is a clip of the opposite motion (left <-> right, up <-> down, clockwise <->
-# counterclockwise; a bounce and a still object stay what they are), drawn from the same distribution (the start
-# ranges and phases above are symmetric). These (RE2 pattern, rewrite) pairs, applied in order, turn a caption
-# into the reversed clip's caption; "@" (never in a caption) holds a word while its opposite takes its place.
-REVERSED_CAPTION_REWRITES: tuple[tuple[str, str], ...] = (
-    (r"to the left", "to the @"), (r"to the right", "to the left"), ("@", "right"),
-    (r"moving (\w+) up ", "moving \\1 @ "), (r"moving (\w+) down ", "moving \\1 up "), ("@", "down"),
-    (r" counterclockwise", " @"), (r" clockwise", " counterclockwise"), ("@", "clockwise"),
-)
-OPPOSITE_MOTIONS: dict[str, str] = {
-    "left": "right", "right": "left", "up": "down", "down": "up", "clockwise": "counterclockwise",
-    "counterclockwise": "clockwise", "bouncing": "bouncing", "still": "still"}
 _SPEED_WORDS: dict[str, str] = {"slow": "slowly", "fast": "quickly"}
 
 

@@ -33,7 +33,6 @@ from absl import logging
 
 from lumiere_jax.data import preprocessors
 from lumiere_jax.data import synthetic_motion  # registers the tfds builder
-from lumiere_jax.data import synthetic_render
 from lumiere_jax.data import video_folder  # noqa: F401  (registers the tfds builder)
 from lumiere_jax.data import vocab as vocab_lib
 from lumiere_jax.parallel import multihost
@@ -53,9 +52,6 @@ class PixelSpec:
     resize: bool = False     # random crop + resize from the stored resolution
     min_crop_scale: float = 1.0
     as_video: bool = False   # image -> still clip of num_frames
-    # Non-empty: half the clips play backwards with their captions rewritten by these (RE2 pattern, rewrite)
-    # pairs (preprocessors.random_time_reversal).
-    reversed_caption_rewrites: tuple[tuple[str, str], ...] = ()
 
 
 def output_features(vocabulary: seqio.Vocabulary, modality: str) -> dict[str, seqio.Feature]:
@@ -73,9 +69,6 @@ def pixel_preprocessors(spec: PixelSpec) -> list:
     if spec.key == "video":
         steps.append(functools.partial(
             preprocessors.sample_frames, num_frames=spec.num_frames, frame_stride=spec.frame_stride))
-        if spec.reversed_caption_rewrites:
-            steps.append(functools.partial(
-                preprocessors.random_time_reversal, caption_rewrites=spec.reversed_caption_rewrites))
     if spec.resize:
         steps.append(functools.partial(
             preprocessors.random_crop_resize, key=spec.key, height=spec.height, width=spec.width,
@@ -191,9 +184,6 @@ def register_synthetic_motion_tasks(
     vocabulary = vocabulary or vocab_lib.get_vocabulary()
     tasks = {
         "synthetic_motion_tiny": ("tiny", PixelSpec("video", 32, 32, num_frames=16)),
-        # The same clips, half of them played backwards under the opposite motion's caption.
-        "synthetic_motion_tiny_reversal": ("tiny", PixelSpec(
-            "video", 32, 32, num_frames=16, reversed_caption_rewrites=synthetic_render.REVERSED_CAPTION_REWRITES)),
         "synthetic_motion_small": ("small", PixelSpec("video", 64, 64, num_frames=32)),
         "synthetic_motion_base": ("base", PixelSpec("video", 128, 128, num_frames=80)),
         "synthetic_motion_base_64": (
