@@ -95,3 +95,30 @@ def test_ground_truth_renders_of_the_scored_prompts_score_at_the_ceiling():
     assert result["metrics"]["speed"] == pytest.approx(slow)
     held_out = [combination for combination in demo.SCORED if combination in synthetic_prompts.held_out_combinations()]
     assert len(held_out) == synthetic_prompts.NUM_HELD_OUT
+
+
+@pytest.mark.parametrize("flags, shifted", [(["--long"], True), ([], False)])
+def test_long_demo_trains_and_samples_its_base_on_the_shifted_schedule(tmp_path, monkeypatch, flags, shifted):
+    commands = {}
+    monkeypatch.setattr(demo, "run", lambda command, log_name, out_dir: commands.setdefault(log_name, command))
+    monkeypatch.setattr(demo, "contact_sheet", lambda dirs, path: 0)
+    monkeypatch.setattr(demo, "quality_report", lambda video_dir, frames: {"metrics": {}})
+    monkeypatch.setattr(demo, "condition_report", lambda video_dir, image_path: {})
+    monkeypatch.setattr(demo, "ssr_psnr_report", lambda out_dir, checkpoint, steps: {})
+    monkeypatch.setattr(demo, "write_page", lambda out_dir, *args: os.path.join(out_dir, "index.html"))
+    assert demo.main([*flags, f"--out_dir={tmp_path}"]) == 0
+    schedule = ["--gin.DiffusionConfig.schedule='shifted_cosine'",
+                "--gin.DiffusionConfig.schedule_kwargs={'resolution': 91, 'base_resolution': 32}"]
+    base_stages = ["2_train_stunet", "4_finetune_conditional", "5_sample_text_to_video_base",
+                   "5_sample_text_to_video_ssr", "6_sample_conditional", "6_sample_conditional_model_only"]
+    for name, command in commands.items():
+        assert all((flag in command) == (shifted and name in base_stages) for flag in schedule), name
+    steps = "--gin.train.num_train_steps=16200" if shifted else "--gin.train.num_train_steps=450"
+    assert steps in commands["2_train_stunet"]
+    model_dir = next(arg for arg in commands["2_train_stunet"] if arg.startswith("--gin.MODEL_DIR="))
+    assert model_dir == f"--gin.MODEL_DIR={tmp_path / ('long' if shifted else 'full') / 'runs' / 'stunet'}"
+
+
+def test_quick_and_long_exclude_each_other(tmp_path):
+    with pytest.raises(SystemExit):
+        demo.main(["--quick", "--long", f"--out_dir={tmp_path}"])
