@@ -80,7 +80,7 @@ FULL = DemoSteps(frames=8, t2i=2000, stunet=450, image_sr=750, ssr=40, condition
 QUICK = DemoSteps(frames=8, t2i=40, stunet=20, image_sr=10, ssr=10, conditional=10, base_sampling=6, ssr_sampling=3)
 # The motion words take far longer (BENCHMARKS.md 6). On the cosine schedule shifted toward high noise by -log 8
 # (`shifted_cosine` at 91 over 32 pixels: the 8 frames of a clip share one layout) the STUNet's sampled clips move as
-# their prompt says in 0.06-0.12 of the scored prompts (chance) up to 10800 steps, then 0.44 at 12600, 0.50 at
+# their prompt says in 0.00-0.12 of the scored prompts (chance 0.125) up to 10800 steps, then 0.44 at 12600, 0.50 at
 # 14400 and 0.88 at 16200, with every other score at its target. `--long` trains it those 16200 steps: about 105
 # minutes of STUNet training on the 2-core AVX-512 host, about 2 hours for the whole demo.
 SHIFTED_SCHEDULE = ("--gin.DiffusionConfig.schedule='shifted_cosine'",
