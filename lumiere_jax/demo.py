@@ -48,7 +48,7 @@ GROUND_TRUTH_SEED = 1
 
 @dataclasses.dataclass(frozen=True)
 class DemoSteps:
-    """Training steps per stage, sampler steps, and the base clip length."""
+    """Training steps per stage, sampler steps, the base clip length and the base model's schedule."""
 
     frames: int
     t2i: int
