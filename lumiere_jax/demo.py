@@ -81,8 +81,8 @@ QUICK = DemoSteps(frames=8, t2i=40, stunet=20, image_sr=10, ssr=10, conditional=
 # The motion words take far longer (BENCHMARKS.md 6). On the cosine schedule shifted toward high noise by -log 8
 # (`shifted_cosine` at 91 over 32 pixels: the 8 frames of a clip share one layout) the STUNet's sampled clips move as
 # their prompt says in 0.00-0.12 of the scored prompts (chance 0.125) up to 10800 steps, then 0.44 at 12600, 0.50 at
-# 14400 and 0.88 at 16200, with every other score at its target. `--long` trains it those 16200 steps: about 105
-# minutes of STUNet training on the 2-core AVX-512 host, about 2 hours for the whole demo.
+# 14400 and 0.88 at 16200, with every other score at its target. `--long` trains it those 16200 steps: 120 minutes
+# of STUNet training on the 2-core AVX-512 host, 2 h 14 min for the whole demo on a fresh clone with the install.
 SHIFTED_SCHEDULE = ("--gin.DiffusionConfig.schedule='shifted_cosine'",
                     "--gin.DiffusionConfig.schedule_kwargs={'resolution': 91, 'base_resolution': 32}")
 LONG = dataclasses.replace(FULL, stunet=16200, base_schedule=SHIFTED_SCHEDULE)
@@ -351,14 +351,16 @@ def write_page(out_dir: str, report: dict, runs: dict[str, str], base_dir: str, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lumiere-demo", description=__doc__.split("\n\n")[0])
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--quick", action="store_true", help="a few steps per stage (minutes, not a good model)")
-    length.add_argument("--long", action="store_true",
+    length.add_argument("--quick", dest="preset", action="store_const", const="quick",
+                        help="a few steps per stage (minutes, not a good model)")
+    length.add_argument("--long", dest="preset", action="store_const", const="long",
                         help="the STUNet trained 36x longer on a shifted schedule, until its clips move as the prompt "
-                             "says (about 2 hours on 2 cores)")
+                             "says (about 2 h 15 min on 2 cores)")
+    parser.set_defaults(preset="full")
     parser.add_argument("--out_dir", default="out/demo", help="where runs, videos and reports go")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the console
-    preset = "quick" if args.quick else "long" if args.long else "full"
+    preset = args.preset
     steps = PRESETS[preset]
     out_dir = os.path.abspath(os.path.join(args.out_dir, preset))
     data_dir = os.path.abspath(os.path.join(args.out_dir, "tfds"))
