@@ -27,6 +27,7 @@ from jax import lax
 
 from benchmarks import matmul_peak, minimal_step, model_flops, train_step
 from lumiere_jax.parallel import mesh as mesh_lib
+from lumiere_jax.parallel import runtime
 
 KINDS = ("forward", "input gradient", "weight gradient")
 
@@ -133,6 +134,7 @@ def ceiling_ratio(step_flops: float, conv_seconds: float, matmul_flops_per_secon
 
 
 def main() -> None:
+    runtime.configure_cpu_flags()  # the trainer's XLA:CPU flags (before XLA starts)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="tiny", choices=tuple(train_step.BATCHES))
     parser.add_argument("--stage", default="stunet", choices=("t2i", "stunet"))

@@ -47,6 +47,7 @@ from lumiere_jax.diffusion import parameterization
 from lumiere_jax.diffusion import samplers
 from lumiere_jax.diffusion import schedules
 from lumiere_jax.models import t5
+from lumiere_jax.parallel import runtime
 from lumiere_jax.sample import applications
 from lumiere_jax.sample import job
 from lumiere_jax.sample import rows as rows_lib
@@ -317,6 +318,7 @@ def compile_cache(work_dir: str, num_rows: int, batch_size: int, base_checkpoint
 
 
 def main() -> None:
+    runtime.configure_cpu_flags()  # the sampling job's XLA:CPU flags (before XLA starts)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", default="throughput,multidiffusion", help=f"comma separated, of {MODES}")
     parser.add_argument("--sizes", default="tiny")

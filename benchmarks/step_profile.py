@@ -24,6 +24,7 @@ import jax
 from benchmarks import minimal_step, train_step
 from lumiere_jax import storage
 from lumiere_jax.parallel import mesh as mesh_lib
+from lumiere_jax.parallel import runtime
 
 TRACE_OPS_FLAG = "--xla_cpu_enable_xprof_traceme=true"  # XLA:CPU records one trace event per op
 
@@ -117,6 +118,7 @@ def profile(size: str, stage: str, base_channels: int | None, steps: int) -> tup
 
 
 def main() -> None:
+    runtime.configure_cpu_flags()  # the trainer's XLA:CPU flags (before XLA starts)
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TRACE_OPS_FLAG}"  # before XLA starts
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="tiny")

@@ -26,6 +26,7 @@ import jax
 from benchmarks import matmul_peak, minimal_step, model_flops
 from lumiere_jax.models import config as config_lib
 from lumiere_jax.parallel import mesh as mesh_lib
+from lumiere_jax.parallel import runtime
 
 # (stage, clips or images per step) per preset size: small enough for a few steps on a 2-core CPU.
 BATCHES = {"tiny": {"t2i": 8, "stunet": 2}, "small": {"t2i": 2, "stunet": 1}}
@@ -81,6 +82,7 @@ def _timed(call) -> tuple[float, float, object]:
 
 
 def main() -> None:
+    runtime.configure_cpu_flags()  # the trainer's XLA:CPU flags (before XLA starts)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="tiny,small")
     parser.add_argument("--stages", default="t2i,stunet")
@@ -89,7 +91,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32",
                         help="compute dtype (presets use bfloat16 from small up; CPUs have no fast bfloat16)")
     args = parser.parse_args()
-    print(f"{jax.devices()[0].device_kind}, {jax.device_count()} device(s); dtype {args.dtype}", flush=True)
+    print(f"{jax.devices()[0].device_kind}, {jax.device_count()} device(s); dtype {args.dtype}; "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
     for size in args.sizes.split(","):
         for stage in args.stages.split(","):
             row = benchmark(size, stage, args.dtype, args.repeats, args.base_channels)
