@@ -24,7 +24,8 @@ DEFAULT_COMPILATION_CACHE_DIR = os.path.join("~", ".cache", "lumiere_jax", "xla"
 # XLA:CPU convolutions in XLA's own (Eigen) kernels instead of YNNPACK's, dots staying on YNNPACK: 1.5x faster 3x3
 # convolutions and 20-22% faster CPU train steps with this jaxlib (BENCHMARKS.md 2a). A user's own setting of the
 # flag in XLA_FLAGS wins.
-CPU_CONVOLUTION_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+CPU_CONVOLUTION_FLAG_NAME = "--xla_cpu_experimental_ynn_fusion_type"
+CPU_CONVOLUTION_FLAG = f"{CPU_CONVOLUTION_FLAG_NAME}=-individual_convolution"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +114,7 @@ def configure_cpu_flags(environ: MutableMapping[str, str] | None = None) -> bool
     """
     environ = os.environ if environ is None else environ
     flags = environ.get("XLA_FLAGS", "")
-    flag_name = CPU_CONVOLUTION_FLAG.split("=")[0]
-    if flag_name in flags:
+    if CPU_CONVOLUTION_FLAG_NAME in flags:
         return False
     if environ.get("JAX_PLATFORMS", "") != "cpu" and accelerator_installed():
         return False

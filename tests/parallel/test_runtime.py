@@ -10,7 +10,7 @@ import pytest
 
 from lumiere_jax.parallel import runtime
 
-FLAG_NAME = runtime.CPU_CONVOLUTION_FLAG.split("=")[0]
+FLAG_NAME = runtime.CPU_CONVOLUTION_FLAG_NAME
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_leaves_accelerator_installs_alone_unless_told_to_run_on_cpu(monkeypatch
 
 
 _CONVOLUTIONS = textwrap.dedent("""
-    import json, os, sys
+    import os, sys
     from lumiere_jax.parallel import runtime
     assert runtime.configure_cpu_flags()
     import jax, numpy as np
