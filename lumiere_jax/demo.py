@@ -19,7 +19,9 @@ Runs, each stage through the same command line a user would type (visible progre
   7. write index.html beside them: the score tables, every clip animated with its prompt, mode and scores, the
      contact sheet, and each stage's training loss (evaluate/demo_page.py; works offline).
 Everything is generated here (no downloads). Stages whose MODEL_DIR already holds the final checkpoint are
-skipped by the trainer's resume logic, so an interrupted demo continues where it stopped.
+skipped by the trainer's resume logic, so an interrupted demo continues where it stopped. The training stages
+run in two lanes side by side (1 -> 2 -> 4 beside 3), so one stage's single-threaded start-up and compilation
+overlap with the other's compute on a few cores.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -40,6 +43,7 @@ from lumiere_jax.data import synthetic_prompts
 # 64x64 on 4-frame windows (trained on the `small` synthetic config, 64x64): runs/demo_sr.gin, sample/demo.gin.
 BASE_SIZE, BASE_CLIP_FRAMES = 32, 16   # the `tiny` synthetic config the base windows are cut from
 SSR_SIZE, SSR_CLIP_FRAMES = 64, 32     # the `small` config the SSR trains on
+DEMO_DATASETS = ("tiny", "image_tiny", "small")  # the synthetic_motion configs the stages read
 SCORED = synthetic_prompts.scored_combinations()
 SSR_SHOWN_PROMPTS = 4  # text-to-video clips also sampled through the SSR (for the contact sheet and the page)
 SSR_CHECK_CLIPS = 8    # ground-truth clips of the SSR-versus-bilinear check
@@ -89,6 +93,13 @@ LONG = dataclasses.replace(FULL, stunet=16200, base_schedule=SHIFTED_SCHEDULE)
 PRESETS = {"full": FULL, "quick": QUICK, "long": LONG}
 
 
+_RUNNING: set[subprocess.Popen] = set()  # the stage processes `run` is waiting on, in any lane
+_RUNNING_LOCK = threading.Lock()
+_STOPPING = threading.Event()  # set by `run_lanes` when a stage failed: the other lanes start no stage
+
+Stage = tuple[list[str], str]  # (command, log name)
+
+
 def run(command: list[str], log_name: str, out_dir: str) -> None:
     """Runs one stage, echoing its output and keeping a log; stops the demo on failure."""
     print(f"\n=== {log_name}: {' '.join(command)}", flush=True)
@@ -96,14 +107,52 @@ def run(command: list[str], log_name: str, out_dir: str) -> None:
     log_path = os.path.join(out_dir, f"{log_name}.log")
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in process.stdout:
-            log.write(line)
-            if _is_progress(line):
-                print(f"  [{log_name}] {line.rstrip()}", flush=True)
-        code = process.wait()
+        with _RUNNING_LOCK:
+            _RUNNING.add(process)
+            if _STOPPING.is_set():  # another lane failed while this stage was starting
+                process.terminate()
+        try:
+            for line in process.stdout:
+                log.write(line)
+                if _is_progress(line):
+                    print(f"  [{log_name}] {line.rstrip()}", flush=True)
+            code = process.wait()
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(process)
     if code:
         raise SystemExit(f"stage {log_name} failed with exit code {code}; see {log_path}")
     print(f"=== {log_name} done in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def run_lanes(lanes: list[list[Stage]], out_dir: str) -> None:
+    """Runs each lane's stages in order and the lanes side by side (one thread each, a process per stage).
+
+    The first stage that fails stops the stages running in the other lanes and ends the demo with its message.
+    """
+    errors: list[BaseException] = []
+    _STOPPING.clear()
+
+    def run_lane(stages: list[Stage]) -> None:
+        try:
+            for command, log_name in stages:
+                if _STOPPING.is_set():
+                    return
+                run(command, log_name, out_dir)
+        except BaseException as error:  # noqa: BLE001 -- SystemExit from `run` included: reported below
+            with _RUNNING_LOCK:
+                errors.append(error)
+                _STOPPING.set()
+                for process in _RUNNING:
+                    process.terminate()
+
+    threads = [threading.Thread(target=run_lane, args=(stages,), daemon=True) for stages in lanes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise SystemExit(str(errors[0]))
 
 
 def _is_progress(line: str) -> bool:
@@ -127,6 +176,13 @@ def video_stage_bindings(frames: int, prefix: str = "") -> list[str]:
     no motion words, so its frozen features cannot carry a direction; BENCHMARKS.md 6)."""
     overrides = f"{{'num_frames': {frames}, 'text_cross_attention': True}}"
     return [f"--gin_bindings={prefix}unet_adapter.temporal_overrides = {overrides}"]
+
+
+def prepare_datasets(data_dir: str) -> None:
+    """Renders the synthetic_motion configs every stage reads (`runs/demo_sr.gin`'s list) into `data_dir`."""
+    from lumiere_jax.data import tasks  # noqa: PLC0415 -- heavy (TensorFlow, JAX)
+
+    tasks.prepare_synthetic_motion(data_dir, DEMO_DATASETS)
 
 
 def write_condition_inputs(out_dir: str) -> dict[str, str]:
@@ -368,19 +424,26 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     runs = {name: os.path.join(out_dir, "runs", name) for name in ("t2i", "stunet", "sr", "ssr", "conditional")}
 
-    run(train_command("pretrain_t2i.gin", runs["t2i"], steps.t2i, data_dir, []), "1_pretrain_t2i", out_dir)
-    run(train_command("train_stunet.gin", runs["stunet"], steps.stunet, data_dir,
-                      [f"--gin.T2I_CHECKPOINT={runs['t2i']}", *video_stage_bindings(steps.frames),
-                       f"--gin.OptimizerConfig.learning_rate={STUNET_LEARNING_RATE}", *steps.base_schedule]),
-        "2_train_stunet", out_dir)
+    # Rendered before the lanes start: both lanes' first stages would otherwise build the tiny configs at once.
+    prepare_datasets(data_dir)
     sr_data = ["--gin_file=runs/demo_sr.gin"]
-    run(train_command("pretrain_sr.gin", runs["sr"], steps.image_sr, data_dir, sr_data), "3_pretrain_sr", out_dir)
-    run(train_command("train_ssr.gin", runs["ssr"], steps.ssr, data_dir,
-                      [f"--gin.SR_CHECKPOINT={runs['sr']}", *sr_data]), "3_train_ssr", out_dir)
-    run(train_command("finetune_conditional.gin", runs["conditional"], steps.conditional, data_dir,
-                      [f"--gin.STUNET_CHECKPOINT={runs['stunet']}", *video_stage_bindings(steps.frames),
-                       *steps.base_schedule]),
-        "4_finetune_conditional", out_dir)
+    base_lane = [
+        (train_command("pretrain_t2i.gin", runs["t2i"], steps.t2i, data_dir, []), "1_pretrain_t2i"),
+        (train_command("train_stunet.gin", runs["stunet"], steps.stunet, data_dir,
+                       [f"--gin.T2I_CHECKPOINT={runs['t2i']}", *video_stage_bindings(steps.frames),
+                        f"--gin.OptimizerConfig.learning_rate={STUNET_LEARNING_RATE}", *steps.base_schedule]),
+         "2_train_stunet"),
+        (train_command("finetune_conditional.gin", runs["conditional"], steps.conditional, data_dir,
+                       [f"--gin.STUNET_CHECKPOINT={runs['stunet']}", *video_stage_bindings(steps.frames),
+                        *steps.base_schedule]),
+         "4_finetune_conditional"),
+    ]
+    sr_lane = [
+        (train_command("pretrain_sr.gin", runs["sr"], steps.image_sr, data_dir, sr_data), "3_pretrain_sr"),
+        (train_command("train_ssr.gin", runs["ssr"], steps.ssr, data_dir,
+                       [f"--gin.SR_CHECKPOINT={runs['sr']}", *sr_data]), "3_train_ssr"),
+    ]
+    run_lanes([base_lane, sr_lane], out_dir)
 
     condition = write_condition_inputs(out_dir)
     text_prompts, ssr_text_prompts, conditional_prompts = write_prompt_files(out_dir, condition)

@@ -4,6 +4,8 @@ prompts' ground-truth renders score at the ceiling."""
 
 import json
 import os
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -48,6 +50,7 @@ def test_demo_reports_first_frame_and_static_region_errors(tmp_path, monkeypatch
         np.save(os.path.join(output_dir, "cinemagraph_0.npy"), cinemagraph)
 
     monkeypatch.setattr(demo, "run", fake_run)
+    monkeypatch.setattr(demo, "prepare_datasets", lambda data_dir: None)
     monkeypatch.setattr(demo, "contact_sheet", lambda dirs, path: 0)
     monkeypatch.setattr(demo, "quality_report",
                         lambda video_dir, frames: {"metrics": {}, "chance": {}, "num_videos": 0})
@@ -101,6 +104,7 @@ def test_ground_truth_renders_of_the_scored_prompts_score_at_the_ceiling():
 def test_long_demo_trains_and_samples_its_base_on_the_shifted_schedule(tmp_path, monkeypatch, flags, shifted):
     commands = {}
     monkeypatch.setattr(demo, "run", lambda command, log_name, out_dir: commands.setdefault(log_name, command))
+    monkeypatch.setattr(demo, "prepare_datasets", lambda data_dir: None)
     monkeypatch.setattr(demo, "contact_sheet", lambda dirs, path: 0)
     monkeypatch.setattr(demo, "quality_report", lambda video_dir, frames: {"metrics": {}})
     monkeypatch.setattr(demo, "condition_report", lambda video_dir, image_path: {})
@@ -122,3 +126,34 @@ def test_long_demo_trains_and_samples_its_base_on_the_shifted_schedule(tmp_path,
 def test_quick_and_long_exclude_each_other(tmp_path):
     with pytest.raises(SystemExit):
         demo.main(["--quick", "--long", f"--out_dir={tmp_path}"])
+
+
+def python_stage(code: str, name: str) -> tuple[list[str], str]:
+    return [sys.executable, "-c", code], name
+
+
+def test_lanes_run_their_stages_in_order_side_by_side(tmp_path):
+    first, second, other = (tmp_path / name for name in ("first", "second", "other"))
+    lanes = [
+        [python_stage(f"import time; time.sleep(0.5); open({str(first)!r}, 'w')", "a_first"),
+         # fails unless the lane's first stage finished before it started
+         python_stage(f"import os; assert os.path.exists({str(first)!r}); open({str(second)!r}, 'w')", "a_second")],
+        [python_stage(f"open({str(other)!r}, 'w')", "b_only")],
+    ]
+    demo.run_lanes(lanes, str(tmp_path))
+    assert first.exists() and second.exists() and other.exists()
+    assert other.stat().st_mtime < second.stat().st_mtime  # the other lane did not wait for the first lane
+    assert all((tmp_path / f"{name}.log").exists() for name in ("a_first", "a_second", "b_only"))
+
+
+def test_a_failing_stage_stops_the_other_lanes_and_names_itself(tmp_path):
+    never = tmp_path / "never"
+    lanes = [
+        [python_stage("import time; time.sleep(120)", "slow"), python_stage(f"open({str(never)!r}, 'w')", "after")],
+        [python_stage("import time, sys; time.sleep(1); sys.exit(3)", "broken")],
+    ]
+    start = time.perf_counter()
+    with pytest.raises(SystemExit, match=r"stage broken failed with exit code 3"):
+        demo.run_lanes(lanes, str(tmp_path))
+    assert time.perf_counter() - start < 60  # the 120-second stage of the other lane was stopped
+    assert not never.exists()  # and its lane started nothing after it
