@@ -67,17 +67,17 @@ class DemoSteps:
     base_schedule: tuple[str, ...] = ()
 
 
-# Sized for a 2-core CPU (aimed at 30 minutes with the install: 22.7 measured on an AVX-512 host, 37-42 on a slower
-# one, BENCHMARKS.md 6; the quick one a few minutes). The T2I stage gets most steps: its held-out loss is still
-# falling at 2000 and text only starts to steer it after ~1500 (measured). The image SR is cheap per step (2-4
-# steps/s); with runs/demo_sr.gin's upsample-residual model, 750 steps put its samples above bilinear upsampling
-# (400, with 20 SSR steps, did not: closer on 5 of 8 clips; BENCHMARKS.md 6). Its sampler takes 4 steps: with this
-# briefly trained model fewer steps come closer to the truth (32.3 dB at 8 steps, 33.0 at 4). The SSR's temporal
-# layers and the conditional fine-tune get just enough steps to show the pipeline (the SSR check scores the same
-# after 40 SSR steps as after 60: 33.9 dB). The STUNet's new layers start at zero (or as nearest-neighbour
+# Sized for a 2-core CPU (aimed at 30 minutes with the install: 17-23 measured on a ~330 GFLOP/s AVX-512 host, 25:45 on
+# a ~200 GFLOP/s one with the two training lanes, BENCHMARKS.md 6; the quick one a few minutes). The T2I stage gets most
+# steps: its held-out loss is still falling at 2000 and text only starts to steer it after ~1500 (measured). The image
+# SR is cheap per step (2-4 steps/s); with runs/demo_sr.gin's upsample-residual model, 750 steps put its samples above
+# bilinear upsampling (400, with 20 SSR steps, did not: closer on 5 of 8 clips; BENCHMARKS.md 6). Its sampler takes 4
+# steps: with this briefly trained model fewer steps come closer to the truth (32.3 dB at 8 steps, 33.0 at 4). The SSR's
+# temporal layers and the conditional fine-tune get just enough steps to show the pipeline (the SSR check scores the
+# same after 40 SSR steps as after 60: 33.9 dB). The STUNet's new layers start at zero (or as nearest-neighbour
 # resampling) and train at twice cpu_tiny.gin's rate with temporal cross-attention to the text: at 600 steps that
-# reaches a lower held-out loss than 600 without it or 300 at 5e-4 and scores as well or better in every column on
-# the validation prompts; 450 steps keep the colour and consistency targets in less time (BENCHMARKS.md 6).
+# reaches a lower held-out loss than 600 without it or 300 at 5e-4 and scores as well or better in every column on the
+# validation prompts; 450 steps keep the colour and consistency targets in less time (BENCHMARKS.md 6).
 STUNET_LEARNING_RATE = 1e-3
 FULL = DemoSteps(frames=8, t2i=2000, stunet=450, image_sr=750, ssr=40, conditional=60, base_sampling=32,
                  ssr_sampling=4)
