@@ -157,7 +157,8 @@ def run_lanes(lanes: list[list[Stage]], out_dir: str) -> None:
 
 def _is_progress(line: str) -> bool:
     """Progress lines (steps/s and ETA, eval, sampling rate, summaries) and errors; the rest goes to the log."""
-    keys = ("steps/s", "eval at", "rows/s", "ETA", "sampled", "summary", "ERROR", "Error", "Traceback")
+    keys = ("steps/s", "eval at", "rows/s", "ETA", "sampled", "summary", "synthetic_motion/", "ERROR", "Error",
+            "Traceback")
     return len(line) < 400 and any(key in line for key in keys)
 
 
@@ -178,11 +179,10 @@ def video_stage_bindings(frames: int, prefix: str = "") -> list[str]:
     return [f"--gin_bindings={prefix}unet_adapter.temporal_overrides = {overrides}"]
 
 
-def prepare_datasets(data_dir: str) -> None:
+def prepare_data_command(data_dir: str) -> list[str]:
     """Renders the synthetic_motion configs every stage reads (`runs/demo_sr.gin`'s list) into `data_dir`."""
-    from lumiere_jax.data import tasks  # noqa: PLC0415 -- heavy (TensorFlow, JAX)
-
-    tasks.prepare_synthetic_motion(data_dir, DEMO_DATASETS)
+    return [sys.executable, "-m", "lumiere_jax.data.synthetic_motion", f"--data_dir={data_dir}",
+            f"--configs={','.join(DEMO_DATASETS)}"]
 
 
 def write_condition_inputs(out_dir: str) -> dict[str, str]:
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = {name: os.path.join(out_dir, "runs", name) for name in ("t2i", "stunet", "sr", "ssr", "conditional")}
 
     # Rendered before the lanes start: both lanes' first stages would otherwise build the tiny configs at once.
-    prepare_datasets(data_dir)
+    run(prepare_data_command(data_dir), "0_prepare_data", out_dir)
     sr_data = ["--gin_file=runs/demo_sr.gin"]
     base_lane = [
         (train_command("pretrain_t2i.gin", runs["t2i"], steps.t2i, data_dir, []), "1_pretrain_t2i"),

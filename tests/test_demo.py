@@ -50,7 +50,6 @@ def test_demo_reports_first_frame_and_static_region_errors(tmp_path, monkeypatch
         np.save(os.path.join(output_dir, "cinemagraph_0.npy"), cinemagraph)
 
     monkeypatch.setattr(demo, "run", fake_run)
-    monkeypatch.setattr(demo, "prepare_datasets", lambda data_dir: None)
     monkeypatch.setattr(demo, "contact_sheet", lambda dirs, path: 0)
     monkeypatch.setattr(demo, "quality_report",
                         lambda video_dir, frames: {"metrics": {}, "chance": {}, "num_videos": 0})
@@ -104,7 +103,6 @@ def test_ground_truth_renders_of_the_scored_prompts_score_at_the_ceiling():
 def test_long_demo_trains_and_samples_its_base_on_the_shifted_schedule(tmp_path, monkeypatch, flags, shifted):
     commands = {}
     monkeypatch.setattr(demo, "run", lambda command, log_name, out_dir: commands.setdefault(log_name, command))
-    monkeypatch.setattr(demo, "prepare_datasets", lambda data_dir: None)
     monkeypatch.setattr(demo, "contact_sheet", lambda dirs, path: 0)
     monkeypatch.setattr(demo, "quality_report", lambda video_dir, frames: {"metrics": {}})
     monkeypatch.setattr(demo, "condition_report", lambda video_dir, image_path: {})

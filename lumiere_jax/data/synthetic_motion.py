@@ -11,12 +11,16 @@ Configs: `tiny` (16x32x32 @ 8 fps), `small` (32x64x64 @ 8 fps), `base` (80x128x1
 paper's base resolution) and image configs `image_tiny` (32x32), `image_base` (128x128) for
 text-to-image pretraining. Other sizes and example counts build with
 `tfds.builder("synthetic_motion", config=SyntheticMotionConfig(name=..., ...))`; seqio tasks
-(tasks.py) address the named configs above.
+(tasks.py) address the named configs above. Rendering ahead of a run:
+
+    python -m lumiere_jax.data.synthetic_motion --data_dir DIR [--configs tiny,image_tiny]
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -138,3 +142,25 @@ class SyntheticMotion(tfds.core.GeneratorBasedBuilder):
         hold_out = self.version >= tfds.core.Version("1.1.0")
         for index in range(num_examples):
             yield index, generate_example(self.builder_config, split, index, hold_out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Renders the named configs into `--data_dir` (configs already there are kept as they are)."""
+    parser = argparse.ArgumentParser(description="render synthetic_motion configs (no download)")
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--configs", default="tiny,image_tiny", help="comma-separated config names")
+    args = parser.parse_args(argv)
+    names = [name for name in args.configs.split(",") if name]
+    known = [config.name for config in BUILDER_CONFIGS]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        parser.error(f"unknown configs {unknown}; choose from {known}")
+    for name in names:
+        builder = tfds.builder(f"synthetic_motion/{name}", data_dir=args.data_dir)
+        builder.download_and_prepare()
+        print(f"synthetic_motion/{name}: {builder.data_dir}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,7 @@
 """The built synthetic_motion dataset: stored attributes match captions and pixels; seqio reads it."""
 
 import numpy as np
+import pytest
 import seqio
 import tensorflow_datasets as tfds
 
@@ -104,3 +105,23 @@ def test_image_task_and_joint_mixture(synthetic_data_dir):
     assert is_still.any() and (~is_still).any()
     assert np.all(names_motion[~is_still])
     assert not np.all(names_motion[is_still])
+
+
+def test_command_line_renders_the_named_configs_once(tmp_path, capsys):
+    assert synthetic_motion.main([f"--data_dir={tmp_path}", "--configs=image_tiny"]) == 0
+    builder = tfds.builder("synthetic_motion/image_tiny", data_dir=str(tmp_path))
+    config = next(config for config in synthetic_motion.BUILDER_CONFIGS if config.name == "image_tiny")
+    assert builder.info.splits["train"].num_examples == config.num_train
+    assert builder.info.splits["validation"].num_examples == config.num_validation
+    assert "synthetic_motion/image_tiny:" in capsys.readouterr().out
+    files = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
+    assert synthetic_motion.main([f"--data_dir={tmp_path}", "--configs=image_tiny"]) == 0  # found prepared
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()} == files
+
+
+def test_command_line_names_an_unknown_config(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        synthetic_motion.main([f"--data_dir={tmp_path}", "--configs=tiny,huge"])
+    assert exit_info.value.code == 2
+    assert "unknown configs ['huge']" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing rendered before the check
