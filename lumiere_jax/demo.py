@@ -67,7 +67,7 @@ class DemoSteps:
     base_schedule: tuple[str, ...] = ()
 
 
-# Sized for a 2-core CPU (aimed at 30 minutes with the install: 17-23 measured on a ~330 GFLOP/s AVX-512 host, 25:45 on
+# Sized for a 2-core CPU (aimed at 30 minutes with the install: 17-23 measured on a ~330 GFLOP/s AVX-512 host, 24-26 on
 # a ~200 GFLOP/s one with the two training lanes, BENCHMARKS.md 6; the quick one a few minutes). The T2I stage gets most
 # steps: its held-out loss is still falling at 2000 and text only starts to steer it after ~1500 (measured). The image
 # SR is cheap per step (2-4 steps/s); with runs/demo_sr.gin's upsample-residual model, 750 steps put its samples above
