@@ -157,7 +157,7 @@ def run_lanes(lanes: list[list[Stage]], out_dir: str) -> None:
 
 def _is_progress(line: str) -> bool:
     """Progress lines (steps/s and ETA, eval, sampling rate, summaries) and errors; the rest goes to the log."""
-    keys = ("steps/s", "eval at", "rows/s", "ETA", "sampled", "summary", "synthetic_motion/", "ERROR", "Error",
+    keys = ("steps/s", "eval at", "rows/s", "ETA", "sampled", "summary", "dataset ready", "ERROR", "Error",
             "Traceback")
     return len(line) < 400 and any(key in line for key in keys)
 

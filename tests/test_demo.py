@@ -155,3 +155,9 @@ def test_a_failing_stage_stops_the_other_lanes_and_names_itself(tmp_path):
         demo.run_lanes(lanes, str(tmp_path))
     assert time.perf_counter() - start < 60  # the 120-second stage of the other lane was stopped
     assert not never.exists()  # and its lane started nothing after it
+
+
+def test_the_data_stage_echoes_its_summary_not_tfds_progress():
+    assert demo._is_progress("dataset ready: synthetic_motion/tiny in /data/synthetic_motion/tiny/1.1.0\n")
+    shuffling = "Shuffling /data/synthetic_motion/tiny/incomplete.0NE8IH_1.1.0/synthetic_motion-train.tfrecord: 0%|\n"
+    assert not demo._is_progress(shuffling)

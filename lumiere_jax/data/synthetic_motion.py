@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         builder = tfds.builder(f"synthetic_motion/{name}", data_dir=args.data_dir)
         builder.download_and_prepare()
-        print(f"synthetic_motion/{name}: {builder.data_dir}", flush=True)
+        print(f"dataset ready: synthetic_motion/{name} in {builder.data_dir}", flush=True)
     return 0
 
 

@@ -113,7 +113,7 @@ def test_command_line_renders_the_named_configs_once(tmp_path, capsys):
     config = next(config for config in synthetic_motion.BUILDER_CONFIGS if config.name == "image_tiny")
     assert builder.info.splits["train"].num_examples == config.num_train
     assert builder.info.splits["validation"].num_examples == config.num_validation
-    assert "synthetic_motion/image_tiny:" in capsys.readouterr().out
+    assert "dataset ready: synthetic_motion/image_tiny in " in capsys.readouterr().out
     files = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
     assert synthetic_motion.main([f"--data_dir={tmp_path}", "--configs=image_tiny"]) == 0  # found prepared
     assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()} == files
