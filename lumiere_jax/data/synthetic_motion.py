@@ -144,6 +144,17 @@ class SyntheticMotion(tfds.core.GeneratorBasedBuilder):
             yield index, generate_example(self.builder_config, split, index, hold_out)
 
 
+def prepare(data_dir: str | None, configs: tuple[str, ...]) -> list[str]:
+    """Renders the named configs into `data_dir` where missing (found prepared: left as they are); returns the
+    folders they are in."""
+    folders = []
+    for name in configs:
+        builder = tfds.builder(f"synthetic_motion/{name}", data_dir=data_dir)
+        builder.download_and_prepare()
+        folders.append(builder.data_dir)
+    return folders
+
+
 def main(argv: list[str] | None = None) -> int:
     """Renders the named configs into `--data_dir` (configs already there are kept as they are)."""
     parser = argparse.ArgumentParser(description="render synthetic_motion configs (no download)")
@@ -155,10 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(known))
     if unknown:
         parser.error(f"unknown configs {unknown}; choose from {known}")
-    for name in names:
-        builder = tfds.builder(f"synthetic_motion/{name}", data_dir=args.data_dir)
-        builder.download_and_prepare()
-        print(f"dataset ready: synthetic_motion/{name} in {builder.data_dir}", flush=True)
+    for name, folder in zip(names, prepare(args.data_dir, tuple(names))):
+        print(f"dataset ready: synthetic_motion/{name} in {folder}", flush=True)
     return 0
 
 

@@ -32,7 +32,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from lumiere_jax.data import preprocessors
-from lumiere_jax.data import synthetic_motion  # registers the tfds builder
+from lumiere_jax.data import synthetic_motion  # registers the tfds builder; renders its configs
 from lumiere_jax.data import video_folder  # noqa: F401  (registers the tfds builder)
 from lumiere_jax.data import vocab as vocab_lib
 from lumiere_jax.parallel import multihost
@@ -159,16 +159,12 @@ def prepare_synthetic_motion(data_dir: str | None, configs: tuple[str, ...]) -> 
     On several hosts process 0 builds first and the others after it: a shared `data_dir` (a bucket, NFS) is then
     built once and found prepared, a per-host disk is built by each host (two builders racing on one folder fail).
     """
-    def build():
-        for config in configs:
-            tfds.builder(f"synthetic_motion/{config}", data_dir=data_dir).download_and_prepare()
-
     if jax.process_index() == 0:
-        build()
+        synthetic_motion.prepare(data_dir, configs)
     if configs:
         multihost.barrier("lumiere_prepare_synthetic_motion")
     if jax.process_index() > 0:
-        build()
+        synthetic_motion.prepare(data_dir, configs)
 
 
 def register_synthetic_motion_tasks(
