@@ -83,7 +83,7 @@ class UNetConfig:
       cross_attention_levels: levels with cross-attention to the text tokens after each residual block.
       num_heads: heads of the spatial self- and cross-attention.
       norm_groups: GroupNorm groups (must divide every channel count).
-      dropout_rate: dropout in the residual blocks (train=True only).
+      dropout_rate: dropout in the residual blocks (train=True only; hashed masks, models/dropout.py).
       embed_dim: width of the conditioning vector (logsnr + pooled text [+ noise aug]) and text tokens.
       text_embed_dim: width D of the incoming text embeddings (T5-XXL: 4096); used for example inputs.
       text_length: L of the incoming text embeddings; used for example inputs.

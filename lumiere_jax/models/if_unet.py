@@ -42,6 +42,7 @@ import jax.numpy as jnp
 
 from lumiere_jax.models.attention import dot_product_attention
 from lumiere_jax.models.conditioning import sinusoidal_embedding
+from lumiere_jax.models.dropout import Dropout
 from lumiere_jax.models.if_config import NORM_EPSILON, TEXT_NORM_GROUPS, IFUNetConfig
 from lumiere_jax.models.layers import (Dtype, TOKEN_AXES, constrain_image, conv_layer, dense_layer, group_norm,
                                        layer_norm)
@@ -184,7 +185,7 @@ class IFResBlock(nn.Module):
         scale_shift = dense_layer(2 * self.features, name="conditioning", **kw)(gelu(cond))
         scale, shift = jnp.split(scale_shift[:, None, None, :], 2, axis=-1)
         h = group_norm(self.norm_groups, name="norm_1", **norm)(h) * (1 + scale) + shift
-        h = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)(gelu(h))
+        h = Dropout(self.dropout_rate, deterministic=self.deterministic)(gelu(h))
         h = conv_layer(self.features, (3, 3), name="conv_1", **kw)(h)
         if skip.shape[-1] != self.features:
             skip = conv_layer(self.features, (1, 1), name="skip", **kw)(skip)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from lumiere_jax.models.attention import dot_product_attention
+from lumiere_jax.models.dropout import Dropout
 from lumiere_jax.parallel.mesh import constrain_activation
 
 Dtype = Any
@@ -124,7 +125,7 @@ class ResBlock(nn.Module):
         scale_shift = dense_layer(2 * self.features, name="conditioning", **kw)(nn.silu(cond))
         scale, shift = jnp.split(scale_shift[:, None, None, :], 2, axis=-1)
         h = group_norm(self.norm_groups, name="norm_1", **kw)(h) * (1 + scale) + shift
-        h = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)(nn.silu(h))
+        h = Dropout(self.dropout_rate, deterministic=self.deterministic)(nn.silu(h))
         h = conv_layer(self.features, (3, 3), name="conv_1", **kw)(h)
         skip = x if x.shape[-1] == self.features else conv_layer(self.features, (1, 1), name="skip", **kw)(x)
         return constrain_image(skip + h)
