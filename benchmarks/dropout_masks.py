@@ -29,12 +29,12 @@ def forward_backward(layer):
     return jax.jit(jax.value_and_grad(loss))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     runtime.configure_cpu_flags()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="16,64,64,64", help="activation [N, H, W, C]")
     parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     shape = tuple(map(int, args.shape.split(",")))
     x = jax.random.normal(jax.random.key(1), shape, jnp.float32)
     calls = {"threefry (nn.Dropout)": forward_backward(nn.Dropout(RATE, deterministic=False)),

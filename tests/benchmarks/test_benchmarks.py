@@ -280,3 +280,11 @@ def test_direction_gap_summary():
     np.testing.assert_allclose(gaps, [0.5, 0.0, -0.25, 0.2])
     numbers = direction_gap.summary(gaps, np.array([True, True, False, False]))
     assert numbers == pytest.approx({"all": 11.25, "held_out": 25.0, "seen": -2.5, "positive": 0.5})
+
+
+def test_dropout_masks_times_each_mask_kind(capsys):
+    from benchmarks import dropout_masks
+    dropout_masks.main(["--shape", "2,4,4,8", "--repeats", "1"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [row[0] for row in rows] == ["threefry", "hashed", "no"]
+    assert all(float(row[-2]) > 0 for row in rows)
