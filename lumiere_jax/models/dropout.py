@@ -1,11 +1,12 @@
 """Dropout whose mask is a hash of each element's index, keyed by the "dropout" RNG stream.
 
-flax's `nn.Dropout` draws a threefry uniform per element; XLA:CPU runs that at ~60x the cost of an elementwise pass
-(61 against 1.0 ms on a 16x64x64x64 float32 tensor), a quarter of the small STUNet's train step (BENCHMARKS.md 2a).
-Here each call draws two 32-bit words from its threefry key and hashes the element index with them (murmur3's
-32-bit finalizer, twice; ~14 integer ops per element, 1.6 ms there). The mask depends on the element's global
-index only, so it is the same for any sharding of the array (XLA's RngBitGenerator keys do not promise that).
-T5X and MaxText swap threefry out of dropout for the same reason (hardware RNG); that one is no faster on CPU.
+flax's `nn.Dropout` draws a threefry uniform per element, which XLA:CPU runs far below memory speed: dropout forward
+and backward on a 16x64x64x64 float32 tensor takes 56 ms, against 5 ms for a plain elementwise pass; 6-15% of the
+small STUNet's train step (BENCHMARKS.md 2a, `python -m benchmarks.dropout_masks`). Here each call draws two 32-bit
+words from its threefry key and hashes the element index with them (murmur3's 32-bit finalizer, twice; ~14 integer
+ops per element, 4.5 ms there). The mask depends on the element's global index only, so it is the same for any
+sharding of the array and on any backend. T5X and MaxText swap threefry out of dropout for the same reason, for
+XLA's RngBitGenerator (the "rbg" keys), whose bits may differ across backends and which is no faster on CPU.
 """
 
 from __future__ import annotations
