@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import (compiled_cost, conv_ceiling, cost_report, demo_sampling, direction_gap, fake_devices,
-                        long_video, memory_scaling, minimal_step, solvers, step_profile)
+from benchmarks import (compiled_cost, conv_ceiling, cost_report, demo_sampling, direction_gap, dropout_masks,
+                        fake_devices, long_video, memory_scaling, minimal_step, solvers, step_profile)
 from lumiere_jax.data import synthetic_render
 from lumiere_jax.evaluate import caption_parser
 from lumiere_jax.evaluate import synthetic_quality
@@ -283,7 +283,6 @@ def test_direction_gap_summary():
 
 
 def test_dropout_masks_times_each_mask_kind(capsys):
-    from benchmarks import dropout_masks
     dropout_masks.main(["--shape", "2,4,4,8", "--repeats", "1"])
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
     assert [row[0] for row in rows] == ["threefry", "hashed", "no"]
