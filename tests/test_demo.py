@@ -115,7 +115,7 @@ def test_long_demo_trains_and_samples_its_base_on_the_shifted_schedule(tmp_path,
                    "5_sample_text_to_video_ssr", "6_sample_conditional", "6_sample_conditional_model_only"]
     for name, command in commands.items():
         assert all((flag in command) == (shifted and name in base_stages) for flag in schedule), name
-    steps = "--gin.train.num_train_steps=16200" if shifted else "--gin.train.num_train_steps=450"
+    steps = "--gin.train.num_train_steps=24300" if shifted else "--gin.train.num_train_steps=450"
     assert steps in commands["2_train_stunet"]
     model_dir = next(arg for arg in commands["2_train_stunet"] if arg.startswith("--gin.MODEL_DIR="))
     assert model_dir == f"--gin.MODEL_DIR={tmp_path / ('long' if shifted else 'full') / 'runs' / 'stunet'}"
