@@ -411,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     length.add_argument("--quick", dest="preset", action="store_const", const="quick",
                         help="a few steps per stage (minutes, not a good model)")
     length.add_argument("--long", dest="preset", action="store_const", const="long",
-                        help="the STUNet trained 54x longer on a shifted schedule, until its clips move as the prompt "
-                             "says (about 3 h 30 min on 2 cores)")
+                        help=f"the STUNet trained {LONG.stunet // FULL.stunet}x longer on a shifted schedule, until "
+                             "its clips move as the prompt says (about 3 h 30 min on 2 cores)")
     parser.set_defaults(preset="full")
     parser.add_argument("--out_dir", default="out/demo", help="where runs, videos and reports go")
     args = parser.parse_args(argv)
